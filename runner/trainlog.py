@@ -1,0 +1,70 @@
+"""Read what a training run logged: the Trainer's per-step dicts, from trainer_state.json or the log."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+from pathlib import Path
+
+DICT_RE = re.compile(r"\{'(?:loss|eval_loss|train_runtime|train_loss|epoch|rewards/)[^{}]*\}")
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def from_log(log: Path) -> list[dict]:
+    """Every metrics dict the HF Trainer printed into a log (it prints Python dict reprs)."""
+    if not log.is_file():
+        return []
+    out = []
+    text = log.read_text(errors="replace").replace("\r", "\n")
+    for m in DICT_RE.finditer(text):
+        try:
+            d = ast.literal_eval(m.group(0))
+        except (ValueError, SyntaxError):
+            continue
+        out.append({k: _num(v) for k, v in d.items()})
+    return out
+
+
+def from_trainer_state(output_dir: Path) -> list[dict]:
+    """log_history of the latest checkpoint's trainer_state.json."""
+    states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.split("-")[-1]))
+    if not states:
+        return []
+    return json.loads(states[-1].read_text()).get("log_history", [])
+
+
+def history(stage_dir: Path) -> list[dict]:
+    """The fuller of the two sources (the log also covers steps after the last checkpoint; the state
+    survives a log that was rotated)."""
+    a = from_log(stage_dir / "train.log")
+    b = from_trainer_state(stage_dir / "output")
+    return a if len(a) >= len(b) else b
+
+
+def summary(hist: list[dict]) -> dict:
+    """First/last/min train loss, eval losses, DPO reward accuracy and margins, steps."""
+    losses = [h["loss"] for h in hist if isinstance(h.get("loss"), float)]
+    evals = [h["eval_loss"] for h in hist if isinstance(h.get("eval_loss"), float)]
+    margins = [h["rewards/margins"] for h in hist if isinstance(h.get("rewards/margins"), float)]
+    acc = [h["rewards/accuracies"] for h in hist if isinstance(h.get("rewards/accuracies"), float)]
+    out = {}
+    if losses:
+        out.update(train_loss_first=losses[0], train_loss_last=losses[-1], train_loss_min=min(losses),
+                   logged_steps=len(losses))
+    if evals:
+        out.update(eval_loss=evals, eval_loss_best=min(evals))
+    if margins:
+        out.update(reward_margin_first=margins[0], reward_margin_last=margins[-1])
+    if acc:
+        out.update(reward_accuracy_last=acc[-1])
+    end = [h for h in hist if "train_runtime" in h]
+    if end:
+        out.update(train_runtime_s=end[-1]["train_runtime"], train_loss=end[-1].get("train_loss"))
+    return out
