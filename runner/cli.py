@@ -119,7 +119,7 @@ def cmd_status(args) -> int:
     t = Table(title=f"{res.recipe.name}: runs/{res.recipe.name}/tunebook.lock")
     for c in ("stage", "state", "details"):
         t.add_column(c)
-    colour = {"done": "green", "stale": "yellow", "not run": "dim"}
+    colour = {"done": "green", "stale": "yellow", "not run": "dim", "gate failed": "red"}
     for name, state, why in rows:
         t.add_row(name, f"[{colour[state]}]{state}[/]", why)
     Console().print(t)

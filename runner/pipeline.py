@@ -19,6 +19,9 @@ from .fsutil import atomic_write_text, sha256_file, sha256_json
 from .manifest import Manifest
 from .stages import ResolvedRecipe, ResolvedStage, needs_merged
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
+                   "tokenizer.model")
+TRAINED_SHARE_WARN = 0.25
 MODEL_FILES = re.compile(r"\.(safetensors|json|bin|model|jinja|txt)$")
 
 
@@ -89,6 +92,12 @@ def merge_adapter(stage: ResolvedStage, config: dict, dest: Path, env: dict, qui
     if not (tmp / "merged" / "config.json").is_file():
         raise TunebookError(f"stage '{stage.name}': merge-lora finished but wrote no model",
                             where=str(stage.run_dir / "train.log"), exit_code=1)
+    # The merged folder gets the base's tokenizer files; the adapter's carry the chat template it was
+    # trained with (e.g. without an injected system prompt) and the fixed EOS: serve with those.
+    adapter = Path(cfg["lora_model_dir"])
+    for name in TOKENIZER_FILES:
+        if (adapter / name).is_file():
+            shutil.copy2(adapter / name, tmp / "merged" / name)
     shutil.rmtree(dest, ignore_errors=True)
     (tmp / "merged").rename(dest)
     shutil.rmtree(tmp, ignore_errors=True)
@@ -127,6 +136,10 @@ class Pipeline:
             cur = self.stage_inputs(st, blocks, ups).to_dict()
             if not entry:
                 out.append((st.name, "not run", ""))
+                stale_up = stale_up or st.name
+            elif entry.get("gate") == "failed":
+                gates = "; ".join(entry.get("failed_gates") or [])
+                out.append((st.name, "gate failed", gates or "an evaluation gate failed"))
                 stale_up = stale_up or st.name
             elif stale_up and st.upstream:
                 out.append((st.name, "stale", f"upstream stage {stale_up} will re-run"))
@@ -168,7 +181,19 @@ class Pipeline:
                     say(f"{st.name}: re-running because " + "; ".join(lk.why_stale(entry, inputs.to_dict())))
                 started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 t0 = time.time()
-                self.run_stage(st, ih)
+                try:
+                    self.run_stage(st, ih)
+                except TunebookError as exc:
+                    if getattr(exc, "gate_failed", False):
+                        # The lock says why the pipeline stopped here; the next run re-evaluates.
+                        lock["stages"][st.name] = {"kind": st.kind, "input_hash": ih, "gate": "failed",
+                                                   "failed_gates": getattr(exc, "failed", []),
+                                                   "finished": dt.datetime.now(dt.timezone.utc).isoformat(
+                                                       timespec="seconds")}
+                        lk.write_lock(self.lock_path, lock)
+                        manifest.record_stage(st, started, lock["stages"][st.name]["finished"], time.time() - t0)
+                        manifest.finish()
+                    raise
                 oh = outputs_hash(st)
                 if oh is None:
                     raise TunebookError(f"stage '{st.name}' finished but its outputs are incomplete",
@@ -221,9 +246,36 @@ class Pipeline:
             raise TunebookError(f"stage '{st.name}': Axolotl finished but saved no model in {st.output_dir}",
                                 where=str(st.run_dir / "train.log"), exit_code=1)
         say(f"{st.name}: adapter/model at {st.output_dir}")
+        self.after_training(st)
         if needs_merged(self.res, st):
             say(f"{st.name}: merging for the next stage")
             merge_adapter(st, st.config, st.run_dir / "merged", env, self.quiet)
+
+    def after_training(self, st: ResolvedStage) -> None:
+        """Record the chosen epoch and warn when most computed tokens were not trained."""
+        from . import trainlog
+
+        best = trainlog.best_epoch(st.output_dir)
+        if best:
+            atomic_write_text(st.run_dir / "best_epoch.json", __import__("json").dumps(best, indent=2) + "\n")
+            say(f"{st.name}: kept epoch {best['epoch']:g} of {best['epochs_run']:g} "
+                f"(validation loss {best['eval_loss']:.4f}; per epoch: "
+                + ", ".join(f"{x:.3f}" for x in best["eval_loss_per_epoch"]) + ")")
+        s = trainlog.summary(trainlog.history(st.run_dir))
+        share = s.get("trained_share")
+        if share is not None:
+            say(f"{st.name}: {share:.0%} of the computed tokens were trained "
+                f"({s['tokens_trainable']} of {s['tokens_total']})")
+            if share < TRAINED_SHARE_WARN and st.kind == "sft":
+                cfg = st.config
+                why = []
+                if not cfg.get("sample_packing"):
+                    why.append("padding: rows are padded to the longest in the batch (turn on "
+                               "training.sample_packing)")
+                if "chat_template_jinja" not in cfg and not self.res.data.get("system_prompt"):
+                    why.append("the chat template may inject a system prompt into every example")
+                why.append("prompts are masked (only answers train); long prompts with short answers lower the share")
+                say(f"warning: {st.name}: only {share:.0%} of computed tokens were trained: " + "; ".join(why))
 
     def stage_env(self, st: ResolvedStage) -> dict:
         tracking = self.res.data.get("tracking", "none")

@@ -183,6 +183,7 @@ class TrainSetup:
     lora_r: int = 16
     lora_targets: list[str] | str = "all-linear"
     lora_dropout: float = 0.0
+    lora_kernels: bool = True           # Axolotl 0.19 auto-enables its fused LoRA qkv/o/MLP kernels
     optimizer: str = "adamw_torch_fused"
     zero_stage: int = 0                 # DeepSpeed ZeRO 0 (off) / 2 / 3
     offload: bool = False               # optimizer states (and fp32 master weights) on the CPU
@@ -211,6 +212,12 @@ class TrainSetup:
         liger = any(p == LIGER_PLUGIN or p.endswith("LigerPlugin") for p in plugins)
         targets = "all-linear" if cfg.get("lora_target_linear") else cfg.get("lora_target_modules") or "all-linear"
         zero, off_opt, off_par = _deepspeed(cfg.get("deepspeed"), Path(repo_root))
+        kernel_keys = [cfg.get(k) for k in ("lora_qkv_kernel", "lora_o_kernel", "lora_mlp_kernel")]
+        if any(k is not None for k in kernel_keys):
+            kernels = any(kernel_keys)
+        else:  # Axolotl's own rule (check_auto_enable_lora_kernels)
+            kernels = bool(adapter) and not cfg.get("rl") and not cfg.get("trust_remote_code") and not (
+                adapter == "lora" and cfg.get("load_in_8bit"))
         dtype = "bf16" if cfg.get("bf16") not in (None, False) else "fp16" if cfg.get("fp16") else "fp32"
         return cls(
             method=method, seq_len=int(cfg.get("sequence_len") or 2048),
@@ -221,7 +228,7 @@ class TrainSetup:
             liger_rms_norm=liger and bool(cfg.get("liger_rms_norm")),
             liger_glu=liger and bool(cfg.get("liger_glu_activation")),
             grad_ckpt=bool(cfg.get("gradient_checkpointing")), lora_r=int(cfg.get("lora_r") or 8),
-            lora_targets=targets, lora_dropout=float(cfg.get("lora_dropout") or 0.0),
+            lora_targets=targets, lora_dropout=float(cfg.get("lora_dropout") or 0.0), lora_kernels=kernels,
             optimizer=str(cfg.get("optimizer") or "adamw_torch"), zero_stage=zero, offload=off_opt,
             offload_params=off_par, n_gpus=n_gpus, dtype=dtype,
             load_in_8bit=method == "lora" and bool(cfg.get("load_in_8bit")),
@@ -308,29 +315,47 @@ def _layer_bytes_per_token(shape: ModelShape, s: TrainSetup) -> tuple[int, int]:
     """(saved activations of one decoder layer, backward working set) in bytes per token, 16-bit compute.
 
     Saved = what autograd keeps between a layer's forward and its backward, the layer input excluded (it is
-    the checkpoint, or the previous layer's output). Assumes sdpa with a mask (packing or padding), so k and
-    v are repeated to all heads. Frozen projections keep no input; a LoRA adapter keeps the input of its
-    lora_A: PEFT's plain Linear casts it to the adapter's fp32 and autocast back, so each adapter keeps a
-    copy of its own, while the bitsandbytes layers (qlora, 8-bit) skip that cast under autocast and share.
+    the checkpoint, or the previous layer's output). Attention keeps q, k and v repeated to all heads, and
+    its output (sdpa with a mask, or Axolotl's varlen path for packing). docs/planner-accuracy.md derives
+    each term.
     """
     a, h, i, q = 2, shape.hidden, shape.intermediate, shape.q_dim
     targets = target_modules(s.lora_targets)
+    drop = 1 if s.lora_dropout else 0
+    adapters = s.method != "full"
+    plain_lora = s.method == "lora" and not s.load_in_8bit
+    kernel_qkv = adapters and s.lora_kernels and {"q_proj", "k_proj", "v_proj"} <= targets
+    kernel_o = adapters and s.lora_kernels and "o_proj" in targets
+    kernel_mlp = adapters and s.lora_kernels and {"gate_proj", "up_proj", "down_proj"} <= targets
 
-    def inputs(names: tuple[str, ...]) -> int:  # copies of one shared input that autograd keeps
-        if s.method == "full" or s.method == "qlora" or s.load_in_8bit:
-            return 1
-        return max(1, sum(n in targets for n in names))
+    def group(names: tuple[str, ...], width: int, kernel: bool) -> int:
+        """Bytes/token kept for the input that a group of projections shares."""
+        n = sum(name in targets for name in names)
+        if s.method == "full":
+            return a * width                       # the weights need it for their gradient
+        if kernel:                                 # Axolotl's fused LoRA kernels keep X (and X_drop, mask)
+            return width * (a + drop * (a + 1))
+        if plain_lora:                             # PEFT casts to the adapter's fp32 and autocast back:
+            return n * width * (a + drop)          # every adapter keeps its own copy (and dropout's mask)
+        # bitsandbytes layers skip that cast under autocast: adapters share the input unless dropout gives
+        # each its own dropped copy and mask; frozen 4/8-bit weights keep nothing themselves.
+        return n * width * (a + 1) if drop else (a * width if n else 0)
 
-    attn = a * h * inputs(("q_proj", "k_proj", "v_proj")) + 4 * a * q + a * q  # q, k, v, out; o_proj input
-    norms = a * h if s.liger_rms_norm else 2 * 4 * h  # Liger: the mid residual; HF: two fp32 input copies
-    mlp = a * h * inputs(("gate_proj", "up_proj")) + (2 if s.liger_glu else 3) * a * i + a * i  # + down input
-    lora = 0
-    if s.lora_dropout and s.method != "full":  # each adapter also keeps its dropped input and the mask
-        lora = (a + 1) * sum(ins for name, (ins, _) in shape.linears().items() if name in targets)
-    saved = attn + norms + mlp + lora
-    # In the backward of a layer: the incoming and residual gradients, and at the MLP the input gradients of
-    # the base and adapter branches (Liger's SwiGLU backward writes in place; the HF one allocates two more).
-    work = 2 * a * h + (2 if s.liger_glu else 3) * a * i
+    saved = (group(("q_proj", "k_proj", "v_proj"), h, kernel_qkv) + group(("o_proj",), q, kernel_o)
+             + group(("gate_proj", "up_proj"), h, kernel_mlp) + 4 * a * q)
+    # Liger's RMSNorm keeps its bf16 input (the mid-layer residual); HF's keeps an fp32 copy per norm.
+    saved += a * h if s.liger_rms_norm else 2 * 4 * h
+    if kernel_mlp:
+        saved += 2 * a * i                         # gate and up; the kernel recomputes silu(gate) * up
+        work = 3 * a * h + a * i                   # gradients in flight; its SwiGLU backward is in place
+    else:
+        saved += (2 if s.liger_glu else 3) * a * i + group(("down_proj",), i, False)
+        # base and adapter input gradients of down_proj (plain LoRA also routes one through an fp32 cast)
+        work = 2 * a * h + (3 if plain_lora else 2) * a * i
+    if adapters and not (kernel_qkv and kernel_o and kernel_mlp):
+        saved += a * s.lora_r * len(targets)       # unfused lora_B layers keep their r-wide inputs
+    if s.grad_ckpt:
+        work += a * h                              # the recomputed layer output, held until its backward ends
     return saved, work
 
 
@@ -349,60 +374,373 @@ def _logits_bytes(shape: ModelShape, s: TrainSetup, tokens: int) -> int:
 
 
 def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
-    """Peak allocated bytes per GPU: static state plus the larger of the loss peak and the layer peak."""
+    """Peak allocated bytes on one GPU, as what is resident at the moment of the peak.
+
+    Candidates: the loss (logits buffers on top of the stored activations), the backward of the last decoder
+    layer (one layer's activations and gradients in flight), and, for full fine-tuning, the end of the
+    backward pass, when every weight gradient exists but the activations are gone.
+    """
     s, notes = setup, []
     n = max(1, s.n_gpus)
+    b16 = DTYPE_BYTES[s.dtype]
     weights, wdesc = _weights(shape, s)
-    trainable = shape.params if s.method == "full" else shape.lora_params(s.lora_r, s.lora_targets)
-    # PEFT keeps LoRA weights in fp32 (autocast_adapter_dtype); full fine-tuning trains the model dtype.
-    pbytes = DTYPE_BYTES[s.dtype] if s.method == "full" else 4
-    lora = 0 if s.method == "full" else trainable * 4
+    full = s.method == "full"
+    trainable = shape.params if full else shape.lora_params(s.lora_r, s.lora_targets)
+    # PEFT keeps LoRA weights in fp32 (autocast_adapter_dtype); DeepSpeed casts everything to 16-bit and
+    # keeps fp32 masters in the optimizer; full fine-tuning trains in the model dtype.
+    pbytes = b16 if (full or s.zero_stage) else 4
+    lora = 0 if full else trainable * pbytes
     grads = trainable * pbytes
     opt, paged = _state_bytes(s, trainable, pbytes)
     if paged:
         notes.append(f"{s.optimizer} keeps {opt / GIB:.2f} GiB of states in CUDA managed memory, which "
                      "PyTorch does not count and the driver can page out to CPU RAM; not in the peak.")
         opt = 0
-    if s.stage_kind == "dpo" and s.method == "full":
-        weights += shape.params * DTYPE_BYTES[s.dtype]
+    if s.stage_kind == "dpo" and full:
+        weights += shape.params * b16
         notes.append("full-parameter DPO holds a frozen reference copy of the model.")
+    partial = full and not s.zero_stage  # grads appear layer by layer (Trainer zeroes them to None)
     if s.zero_stage >= 2:
         grads, opt = grads // n, opt // n
         if s.zero_stage == 3:
             # ZeRO-3 shards the weights; the layer being computed (and one prefetched) is gathered in full.
-            per_layer = shape.linear_params // shape.layers * DTYPE_BYTES[s.dtype]
-            live = 2 * per_layer + shape.vocab * shape.hidden * DTYPE_BYTES[s.dtype]
+            live = 2 * (shape.linear_params // shape.layers) * b16 + shape.vocab * shape.hidden * b16
             weights = live if s.offload_params else weights // n + live
-            if s.method != "full":
-                lora //= n
+            lora //= n
+            if s.offload_params:
+                notes.append("weights live in CPU RAM (ZeRO-3 offload); two layers are gathered at a time.")
+        if s.offload:  # gradient partitions, fp32 masters and optimizer states all move to CPU RAM
+            grads, opt = 0, 0
+            notes.append("gradients, optimizer states and fp32 master weights live in CPU RAM (ZeRO offload).")
         grads += 4 * shape.hidden ** 2  # reduce/prefetch buckets ("auto": about hidden^2 elements each)
-        if s.offload:
-            opt = 0
-            notes.append("optimizer states and fp32 master weights live in CPU RAM (ZeRO offload).")
     elif n > 1:
         grads *= 2  # DDP copies gradients into its all-reduce buckets
     tokens = s.tokens
     saved, work = _layer_bytes_per_token(shape, s)
-    dequant = 0
-    if s.method == "qlora" or s.load_in_8bit:  # the 16-bit copy of the largest projection during matmuls
-        dequant = max(a * b for a, b in shape.linears().values()) * 2
+    # One projection-sized 16-bit temporary in a layer's backward: the dequantized weight of a 4-/8-bit
+    # projection, or the weight gradient of a full fine-tune before it is added into .grad.
+    temp = max(x * y for x, y in shape.linears().values()) * 2 if (s.method != "lora" or s.load_in_8bit) else 0
     if s.grad_ckpt:
         stored = shape.layers * 2 * shape.hidden * tokens  # one hidden state per layer
-        layer_peak = (saved + work) * tokens + dequant      # one layer recomputed, then its backward
+        layer_peak = (saved + work) * tokens + temp        # one layer recomputed, then its backward
     else:
         stored = shape.layers * (saved + (2 * shape.hidden if s.liger_rms_norm else 0)) * tokens
-        layer_peak = work * tokens + dequant
+        layer_peak = work * tokens + temp
     logits = _logits_bytes(shape, s, tokens)
-    # The loss buffers are freed before the backward reaches the layers: the peak is one or the other.
-    if layer_peak >= logits:
-        phase, act, logit = "backward of the last decoder layer", stored + layer_peak, 0
-    else:
-        phase = "fused linear cross entropy" if s.liger_flce else "cross-entropy backward"
-        act, logit = stored, logits
+    # During the activation peaks a full fine-tune holds only the output head's and one layer's gradients.
+    grads_then = (shape.vocab * shape.hidden + shape.linear_params // shape.layers) * pbytes if partial else grads
+    moments = [  # (phase, activations, logits, gradients)
+        ("backward of the last decoder layer", stored + layer_peak, 0, grads_then),
+        ("fused linear cross entropy" if s.liger_flce else "cross-entropy backward", stored, logits, grads_then),
+    ]
+    if partial:
+        moments.append(("end of backward (all weight gradients)", temp, 0, grads))
+    phase, act, logit, grad = max(moments, key=lambda m: m[1] + m[2] + m[3])
     if not s.packing and not s.max_row_tokens:
         notes.append(f"no packing: batches pad to their longest row; planned for rows of the full "
                      f"{s.seq_len} tokens (worst case). Pass the longest row to plan for less.")
-    breakdown = {"weights": weights, "lora_params": lora, "gradients": grads, "optimizer": opt,
+    breakdown = {"weights": weights, "lora_params": lora, "gradients": grad, "optimizer": opt,
                  "activations": act, "logits": logit, "overhead": OVERHEAD_BYTES}
     notes.insert(0, f"weights: {wdesc}; micro batch of {tokens:,} tokens; peak during {phase}.")
     return MemoryEstimate(breakdown={k: int(v) for k, v in breakdown.items()}, peak_phase=phase, notes=notes)
+
+
+def verdict(total_gib: float, gpu_mem_gib: float) -> str:
+    """'fits' below 85% of usable memory, 'tight' up to 100%, else 'does not fit'."""
+    share = total_gib / gpu_mem_gib
+    return "fits" if share < FITS_BELOW else "tight" if share < TIGHT_BELOW else "does not fit"
+
+
+# ---------------------------------------------------------------------------------------------------- GPUs
+@dataclass(frozen=True)
+class GPU:
+    """A GPU from recipes/presets/gpus.yaml (or a preset's own GPU, then without a speed)."""
+
+    id: str
+    name: str
+    memory_gib: float           # usable: what PyTorch can allocate (total minus the CUDA context)
+    tflops: float = 0.0         # dense 16-bit tensor TFLOP/s from the spec sheet (fp16 where no bf16)
+    mfu: float = 0.0            # assumed model FLOPs utilisation for LoRA training
+    bf16: bool = True
+
+
+def load_gpus() -> dict[str, GPU]:
+    """All GPUs in recipes/presets/gpus.yaml, by id, smallest memory first."""
+    out = {}
+    for gid, g in _table("gpus.yaml")["gpus"].items():
+        out[gid] = GPU(id=gid, name=g["name"], memory_gib=float(g["memory_gib"]), tflops=float(g["tflops_16bit"]),
+                       mfu=float(g["mfu_lora"]), bf16=bool(g.get("bf16", True)))
+    return dict(sorted(out.items(), key=lambda kv: (kv[1].memory_gib, -kv[1].tflops)))
+
+
+def gpu_by_id(gid: str) -> GPU:
+    """One GPU of the table; a clear error listing the known ids otherwise."""
+    gpus = load_gpus()
+    if gid not in gpus:
+        raise TunebookError(f"unknown GPU '{gid}'", fix=f"Known GPUs: {', '.join(gpus)}.")
+    return gpus[gid]
+
+
+def prices(gid: str) -> list[dict]:
+    """Price offers for one GPU from recipes/presets/gpu-prices.yaml, cheapest first."""
+    offers = (_table("gpu-prices.yaml").get("prices") or {}).get(gid) or []
+    return sorted(offers, key=lambda o: o["usd_per_hour"])
+
+
+def cost(gid: str, hours: float, n_gpus: int = 1) -> list[dict]:
+    """Each offer's price for `hours` on `n_gpus` GPUs (list prices; see gpu-prices.yaml for their dates)."""
+    return [{**o, "usd": round(o["usd_per_hour"] * hours * n_gpus, 2)} for o in prices(gid)]
+
+
+# ---------------------------------------------------------------------------------------------------- advice
+def _fits(shape: ModelShape, s: TrainSetup, gpu: GPU) -> tuple[MemoryEstimate, str]:
+    est = estimate_memory(shape, s)
+    return est, verdict(est.peak_allocated_gib, gpu.memory_gib)
+
+
+def advice(shape: ModelShape, setup: TrainSetup, gpu: GPU) -> list[str]:
+    """What to change when the setup does not fit `gpu`, cheapest first, each step re-estimated.
+
+    Steps apply cumulatively (each on top of the ones before) and stop once the estimate fits.
+    """
+    est, v = _fits(shape, setup, gpu)
+    if v == "fits":
+        return []
+    out, s = [], setup
+
+    def step(new: TrainSetup, text: str) -> bool:
+        nonlocal s
+        e, nv = _fits(shape, new, gpu)
+        if e.peak_allocated_gib >= estimate_memory(shape, s).peak_allocated_gib - 0.01:
+            return False  # no gain: not worth suggesting
+        s = new
+        out.append(f"{text}: peak {e.peak_allocated_gib:.1f} GiB on {gpu.name} ({nv})")
+        return nv == "fits"
+
+    if s.micro_batch > 1:
+        rows = s.micro_batch * s.grad_accum
+        mb = next((m for m in range(s.micro_batch - 1, 0, -1) if rows % m == 0
+                   and _fits(shape, replace(s, micro_batch=m, grad_accum=rows // m), gpu)[1] == "fits"), 1)
+        if step(replace(s, micro_batch=mb, grad_accum=max(1, rows // mb)),
+                f"micro batch {s.micro_batch} -> {mb} with gradient accumulation {s.grad_accum} -> "
+                f"{max(1, rows // mb)} (same {rows} rows per step; a little slower)"):
+            return out
+    if not s.grad_ckpt and step(replace(s, grad_ckpt=True),
+                                "gradient_checkpointing: true (recomputes each layer: about 1/3 more compute)"):
+        return out
+    if not s.liger_flce and step(replace(s, liger_flce=True, liger_rms_norm=True, liger_glu=True),
+                                 "Liger plugin with liger_fused_linear_cross_entropy: true (no full logits "
+                                 "tensor; usually faster too)"):
+        return out
+    if s.method != "qlora" and step(replace(s, method="qlora", load_in_8bit=False),
+                                    "the qlora preset (4-bit NF4 base weights, LoRA adapters)"):
+        return out
+    if not (s.zero_stage == 3 and s.offload) and step(
+            replace(s, zero_stage=3, offload=True, offload_params=True),
+            "DeepSpeed ZeRO-3 with CPU offload of parameters and optimizer (needs plenty of CPU RAM; "
+            "several times slower)"):
+        return out
+    bigger = next((g for g in load_gpus().values() if g.memory_gib > gpu.memory_gib
+                   and verdict(est.peak_allocated_gib, g.memory_gib) == "fits"), None)
+    if bigger:
+        offer = (prices(bigger.id) or [{}])[0]
+        price = f", from ${offer['usd_per_hour']:.2f}/h at {offer['provider']}" if offer else ""
+        out.append(f"a bigger GPU: {bigger.name} ({bigger.memory_gib:.0f} GiB) fits the setup as it is{price}")
+    else:
+        out.append(f"no single listed GPU fits {est.peak_allocated_gib:.0f} GiB: use several (--gpus N) with "
+                   "ZeRO-3, or a smaller model")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- time
+QLORA_SPEED = 0.8        # 4-bit dequantization: reference H100 runs, 6,000 vs 7,600 tokens/s (docs)
+OFFLOAD_SPEED = 0.5      # ZeRO CPU offload: PCIe traffic every step (assumption)
+MULTI_GPU_SCALING = 0.9  # per-GPU efficiency with 2+ GPUs (assumption)
+PADDING_EFFICIENCY = 0.5  # without packing: share of computed tokens that are not padding (assumption)
+
+
+def flops_per_token(shape: ModelShape, setup: TrainSetup) -> float:
+    """Training FLOPs per token.
+
+    Matmul weights N = decoder projections + output head. Full: 6N (forward 2N, backward 4N). LoRA/QLoRA:
+    4N (the frozen weights need input gradients only) + 6 x LoRA params. Gradient checkpointing adds one
+    more forward of the layers (2 x projection params). Causal attention adds 2 x layers x seq x q_dim per
+    token forward, x3 with backward, +1 forward with checkpointing. DPO adds the reference forward.
+    """
+    s = setup
+    n_mm = shape.linear_params + shape.vocab * shape.hidden
+    attn = 2 * shape.layers * s.seq_len * shape.q_dim
+    if s.method == "full":
+        f = 6 * n_mm
+    else:
+        f = 4 * n_mm + 6 * shape.lora_params(s.lora_r, s.lora_targets)
+    f += 3 * attn
+    if s.grad_ckpt:
+        f += 2 * shape.linear_params + attn
+    if s.stage_kind == "dpo":
+        f += 2 * n_mm + attn
+    return float(f)
+
+
+def estimate_time(shape: ModelShape, setup: TrainSetup, tokens_per_epoch: float, epochs: float,
+                  gpu: GPU) -> tuple[float, float]:
+    """(training tokens per second across all GPUs, wall-clock hours) from the FLOPs model and gpu.mfu."""
+    if not gpu.tflops or not gpu.mfu:
+        return 0.0, 0.0
+    s = setup
+    speed = gpu.tflops * 1e12 * gpu.mfu * max(1, s.n_gpus)
+    speed *= (QLORA_SPEED if s.method == "qlora" else 1.0) * (OFFLOAD_SPEED if s.offload else 1.0)
+    speed *= MULTI_GPU_SCALING if s.n_gpus > 1 else 1.0
+    tps = speed / flops_per_token(shape, s) * (1.0 if s.packing else PADDING_EFFICIENCY)
+    return tps, tokens_per_epoch * epochs / tps / 3600 if tokens_per_epoch else 0.0
+
+
+# ---------------------------------------------------------------------------------------------------- plan
+@dataclass
+class GpuRow:
+    gpu: GPU
+    count: int
+    verdict: str
+    tokens_per_s: float
+    hours: float
+    costs: list[dict]
+    advice: list[str]
+
+
+@dataclass
+class Plan:
+    """Everything `tunebook plan` shows: one memory estimate, then fit, speed and cost per GPU."""
+
+    title: str
+    shape: ModelShape
+    setup: TrainSetup
+    estimate: MemoryEstimate
+    rows: list[GpuRow]
+    primary: str | None
+    tokens_per_epoch: int | None
+    tokens_source: str
+    epochs: float
+
+    def to_dict(self) -> dict:
+        """The plan as plain JSON-able data (`tunebook plan --json`)."""
+        gib = {k: round(v / GIB, 3) for k, v in self.estimate.breakdown.items()}
+        peak = round(self.estimate.peak_allocated_gib, 3)
+        gpus = []
+        for r in self.rows:
+            cheapest = r.costs[0] if r.costs else None
+            gpus.append({
+                "id": r.gpu.id, "name": r.gpu.name, "count": r.count, "memory_gib": r.gpu.memory_gib,
+                "peak_allocated_gib": peak, "breakdown_gib": gib, "verdict": r.verdict,
+                "use_pct": round(100 * peak / r.gpu.memory_gib, 1), "tokens_per_s": round(r.tokens_per_s),
+                "hours": round(r.hours, 3), "cost_usd": {"cheapest": cheapest, "offers": r.costs},
+                "advice": r.advice})
+        return {
+            "title": self.title,
+            "model": {"name": self.shape.name, "model_type": self.shape.model_type, "params": self.shape.params,
+                      **{k: getattr(self.shape, k) for k in ("hidden", "layers", "intermediate", "heads",
+                                                             "kv_heads", "head_dim", "vocab", "tied")}},
+            "setup": asdict(self.setup), "tokens_per_micro_batch": self.setup.tokens,
+            "tokens_per_epoch": self.tokens_per_epoch, "tokens_source": self.tokens_source, "epochs": self.epochs,
+            "peak_allocated_gib": peak, "breakdown_gib": gib, "peak_phase": self.estimate.peak_phase,
+            "notes": self.estimate.notes, "primary_gpu": self.primary, "gpus": gpus,
+            "assumptions": ASSUMPTIONS}
+
+    def render(self) -> str:
+        """Human-readable tables (rich when installed, plain text otherwise)."""
+        s, est = self.setup, self.estimate
+        head = (f"{self.title}: {self.shape.name} ({self.shape.params / 1e9:.2f}B params, {self.shape.model_type}), "
+                f"{s.method}, seq {s.seq_len}, micro batch {s.micro_batch} x accumulation {s.grad_accum}"
+                f"{', packing' if s.packing else ''}{', grad ckpt' if s.grad_ckpt else ''}"
+                f"{', Liger FLCE' if s.liger_flce else ''}, {s.optimizer}"
+                f"{f', ZeRO-{s.zero_stage}' if s.zero_stage else ''}{' + offload' if s.offload else ''}"
+                f"{f', {s.n_gpus} GPUs' if s.n_gpus > 1 else ''}")
+        mem = [(k, f"{v / GIB:.2f}", WHAT[k]) for k, v in est.breakdown.items()]
+        mem.append(("peak allocated", f"{est.peak_allocated_gib:.2f}", f"per GPU, during the {est.peak_phase}"))
+        fit = []
+        for r in self.rows:
+            c = r.costs[0] if r.costs else None
+            fit.append((("* " if r.gpu.id == self.primary else "") + r.gpu.name, f"{r.gpu.memory_gib:.0f}",
+                        f"{100 * est.peak_allocated_gib / r.gpu.memory_gib:.0f}%", r.verdict,
+                        f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-", _duration(r.hours),
+                        (f"${c['usd']:,.2f}" if c["usd"] >= 0.01 else "<$0.01") + f" ({c['provider']})" if c else "-"))
+        tokens = (f"{self.tokens_per_epoch:,} tokens/epoch x {self.epochs:g} epochs ({self.tokens_source})"
+                  if self.tokens_per_epoch else "no token count: time and cost not estimated")
+        lines = [f"- {n}" for n in est.notes] + [f"- {tokens}"]
+        for r in self.rows:
+            if r.advice:
+                lines.append(f"To fit {r.gpu.name} ({r.verdict}), in order of cost:")
+                lines += [f"  {i}. {a}" for i, a in enumerate(r.advice, 1)]
+        return _tables(head, [("memory", ("component", "GiB", "what"), mem),
+                              ("GPUs", ("GPU", "usable GiB", "use", "verdict", "tokens/s", "time", "cost from"), fit)],
+                       lines)
+
+
+def _duration(hours: float) -> str:
+    if not hours:
+        return "-"
+    return f"{hours:,.1f} h" if hours >= 1 else f"{max(1, round(hours * 60))} min"
+
+
+WHAT = {
+    "weights": "base model on the GPU (quantized projections, 16-bit embeddings and norms)",
+    "lora_params": "LoRA adapter weights (fp32, as PEFT keeps them)",
+    "gradients": "gradients of what is trained (+ DDP buckets / ZeRO partitions)",
+    "optimizer": "optimizer states (+ fp32 masters under DeepSpeed); paged ones are not counted",
+    "activations": "checkpointed hidden states + one layer's recompute and its gradients",
+    "logits": "logits / cross-entropy buffers at the loss (0 once past it)",
+    "overhead": "cuBLAS workspaces, autocast casts, masks, ids (constant)",
+}
+
+
+def _tables(title: str, tables: list[tuple[str, tuple, list[tuple]]], lines: list[str]) -> str:
+    try:
+        import io
+
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain text when rich is missing
+        out = [title]
+        for name, cols, rows in tables:
+            widths = [max(len(str(x)) for x in col) for col in zip(cols, *rows)]
+            out += ["", name] + ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in (cols, *rows)]
+        return "\n".join(out + [""] + lines) + "\n"
+    buf = io.StringIO()
+    con = Console(file=buf, width=120, no_color=True, highlight=False)
+    con.print(title)
+    for name, cols, rows in tables:
+        t = Table(title=name, title_justify="left")
+        for c in cols:
+            t.add_column(c, justify="right" if c in ("GiB", "usable GiB", "use", "tokens/s", "time") else "left")
+        for row in rows:
+            t.add_row(*map(str, row))
+        con.print(t)
+    for line in lines:
+        con.print(line, markup=False)
+    return buf.getvalue()
+
+
+ASSUMPTIONS = [
+    "memory is peak allocated by PyTorch (torch.cuda.max_memory_allocated); the CUDA context is outside it "
+    "and is taken off each GPU's usable memory",
+    "fits < 85% of usable memory < tight < 100%: the caching allocator reserves more than it allocates",
+    "throughput = dense 16-bit TFLOP/s x assumed MFU (gpus.yaml) / FLOPs per token; qlora x0.8, "
+    "CPU offload x0.5, 2+ GPUs x0.9 each, no packing x0.5 for padding",
+    "prices are list prices on the dates recorded in recipes/presets/gpu-prices.yaml",
+]
+
+
+def make_plan(shape: ModelShape, setup: TrainSetup, gpus: list[GPU], primary: str | None = None,
+              tokens_per_epoch: int | None = None, tokens_source: str = "", epochs: float = 1.0,
+              title: str = "") -> Plan:
+    """Estimate once, then judge fit, speed, cost (and advice where it does not fit) on each GPU."""
+    est = estimate_memory(shape, setup)
+    rows = []
+    for g in gpus:
+        v = verdict(est.peak_allocated_gib, g.memory_gib)
+        tps, hours = estimate_time(shape, setup, tokens_per_epoch or 0, epochs, g)
+        rows.append(GpuRow(gpu=g, count=setup.n_gpus, verdict=v, tokens_per_s=tps, hours=hours,
+                           costs=cost(g.id, hours, setup.n_gpus) if hours else [],
+                           advice=advice(shape, setup, g) if (v != "fits" and (g.id == primary or not primary))
+                           else []))
+    return Plan(title=title or shape.name, shape=shape, setup=setup, estimate=est, rows=rows, primary=primary,
+                tokens_per_epoch=tokens_per_epoch, tokens_source=tokens_source, epochs=epochs)

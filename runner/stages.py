@@ -86,6 +86,7 @@ class ResolvedRecipe:
     run_root: Path
     notes: list[str] = field(default_factory=list)
     data_blocks: dict = field(default_factory=dict)
+    derived: dict = field(default_factory=dict)
 
     @property
     def data(self) -> dict:
@@ -172,6 +173,10 @@ def adapt_to_hardware(cfg: Layered, h: hw.Hardware) -> list[str]:
     if plugins != (cfg.values.get("plugins") or []):
         cfg.set("plugins", plugins or None, src, why + ": Liger kernels are Triton (CUDA)")
         changes.append("Liger off")
+    if cfg.values.get("gradient_checkpointing"):
+        cfg.set("gradient_checkpointing", False, src,
+                why + ": system RAM holds the activations; recomputing them would cost ~30% more time")
+        changes.append("gradient checkpointing off")
     cfg.set("dataset_num_proc", 1, src, "one process is fastest for small data on few cores")
     return changes
 
@@ -183,10 +188,13 @@ def _find_upstream(stages, i) -> int | None:
     return None
 
 
-def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path = "runs",
+def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | None = None,
             template_check: bool = True) -> ResolvedRecipe:
-    """Resolve every stage of a validated recipe (pure: writes nothing)."""
+    """Resolve every stage of a validated recipe (pure: writes nothing).
+
+    Runs go to <root>/runs/<recipe>/ unless `runs_dir` or $TUNEBOOK_RUNS names another folder."""
     h = h or hw.detect()
+    runs_dir = runs_dir or os.environ.get("TUNEBOOK_RUNS") or "runs"
     root = rec.root
     defaults = load_defaults(root)
     preset = load_preset(rec.data["preset"], root) if rec.data.get("preset") else None
@@ -196,13 +204,20 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path = "r
     res.data_blocks["main"] = data_main
 
     from .derive import derive_defaults  # data/hardware-derived settings (issue: defaults that work)
-    from .hygiene import template_settings
+    from .hygiene import recipe_model_dir, template_settings
 
-    derived, derived_why = derive_defaults(rec, preset, h)
     tmpl_keys, tmpl_why, tmpl_notes = (template_settings(rec) if template_check else ({}, {}, []))
     res.notes += tmpl_notes
+    model_dir = recipe_model_dir(rec) if template_check else None
+    derived, derived_why = derive_defaults(rec, preset, h, model_dir, tmpl_keys.get("chat_template_jinja"))
+    res.derived = {k: (v, derived_why.get(k)) for k, v in derived.items()}
+    val_fraction = data_main.get("validation_fraction", derived.get("_validation_fraction", 0))
+    if val_fraction and "validation_fraction" not in data_main:
+        # The derived split becomes part of the data block, so the lock notices when it changes.
+        res.data_blocks["main"] = data_main = {**data_main, "validation_fraction": val_fraction}
 
     prev_output: dict[str, ResolvedStage] = {}
+    adapted: list[str] = []
     for s in rec.stages:
         sdir = run_root / s.name
         if s.kind == "eval":
@@ -231,7 +246,7 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path = "r
                     _apply_training(cfg, {k: v}, "tunebook default",
                                     {k: f"{s.kind} refines an already-tuned model: small steps"})
         _apply_training(cfg, s.body.get("training") or {}, f"stage {s.name}")
-        res.notes += [f"{s.name}: adapted to this machine: {c}" for c in adapt_to_hardware(cfg, h)]
+        adapted += [c for c in adapt_to_hardware(cfg, h) if c not in adapted]
         cfg.update(tmpl_keys, "template check", tmpl_why)
 
         # Pipeline wiring.
@@ -283,14 +298,19 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path = "r
             cfg.drop("rl_beta")
         cfg.set("datasets", [ds], wiring, f"{fmt or 'detected'} data, normalised by tunebook")
         val = run_root / "data" / block_name / "validation.jsonl"
-        if s.kind == "sft" and (s.body.get("data") or data_main).get("validation_fraction", derived.get(
-                "_validation_fraction", 0)):
-            cfg.set("test_datasets", [{**ds, "path": str(val), "split": "train"}], wiring,
-                    "validation split carved from the training data, for picking the best epoch")
+        if s.kind == "sft" and (s.body.get("data") or data_main).get("validation_fraction"):
+            vwhy = "validation split carved from the training data (never the held-out file)"
+            cfg.set("test_datasets", [{**ds, "path": str(val), "split": "train"}], wiring, vwhy)
             cfg.set("eval_strategy", "epoch", wiring, "evaluate once per epoch")
             cfg.set("save_strategy", "epoch", wiring, "one checkpoint per epoch, so the best can be kept")
+            cfg.set("load_best_model_at_end", True, wiring,
+                    "keep the epoch with the lowest validation loss: more epochs cannot silently overfit")
+            cfg.set("metric_for_best_model", "eval_loss", wiring, "lowest validation loss wins")
+            cfg.set("greater_is_better", False, wiring)
             cfg.drop("saves_per_epoch")
             cfg.drop("val_set_size")
+            if cfg.values.get("max_steps"):
+                cfg.drop("save_steps")
         if cfg.values.get("max_steps") and cfg.values.get("saves_per_epoch"):
             cfg.drop("saves_per_epoch")
             cfg.set("save_steps", max(1, int(cfg.values["max_steps"]) // 2), wiring,
@@ -319,6 +339,9 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path = "r
             res.data_blocks[block_name] = s.body["data"]
         prev_output[s.name] = rs
         res.stages.append(rs)
+    if adapted:
+        where = h.describe() if h.cuda else "no CUDA GPU"
+        res.notes.insert(0, f"adapted the preset to this machine ({where}): {', '.join(adapted)}")
     res.notes = list(dict.fromkeys(res.notes))
     return res
 

@@ -64,7 +64,30 @@ def summary(hist: list[dict]) -> dict:
         out.update(reward_margin_first=margins[0], reward_margin_last=margins[-1])
     if acc:
         out.update(reward_accuracy_last=acc[-1])
+    tok = [h for h in hist if isinstance(h.get("tokens/total"), (int, float)) and h.get("tokens/total")]
+    if tok:
+        # tokens/total counts every input id computed (padding included); trainable ones carry a label.
+        out.update(tokens_trainable=int(tok[-1].get("tokens/trainable", 0)), tokens_total=int(tok[-1]["tokens/total"]),
+                   trained_share=round(float(tok[-1].get("tokens/trainable", 0)) / float(tok[-1]["tokens/total"]), 4))
     end = [h for h in hist if "train_runtime" in h]
     if end:
         out.update(train_runtime_s=end[-1]["train_runtime"], train_loss=end[-1].get("train_loss"))
     return out
+
+
+def best_epoch(output_dir: Path) -> dict | None:
+    """Which epoch the Trainer kept (load_best_model_at_end), from the last checkpoint's state."""
+    states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.split("-")[-1]))
+    if not states:
+        return None
+    state = json.loads(states[-1].read_text())
+    best_ck = state.get("best_model_checkpoint")
+    evals = [h for h in state.get("log_history", []) if "eval_loss" in h]
+    if not best_ck or not evals:
+        return None
+    step = int(Path(best_ck).name.split("-")[-1])
+    at = [h for h in evals if h.get("step") == step] or [min(evals, key=lambda h: h["eval_loss"])]
+    return {"epoch": round(float(at[0].get("epoch", 0)), 2), "step": step, "eval_loss": float(at[0]["eval_loss"]),
+            "epochs_run": round(float(state.get("epoch", 0)), 2),
+            "eval_loss_per_epoch": [round(float(h["eval_loss"]), 4) for h in evals]}

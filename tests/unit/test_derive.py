@@ -1,0 +1,67 @@
+"""Each default rule: rows, token lengths and hardware in; settings and reasons out."""
+from __future__ import annotations
+
+import pytest
+
+from runner.derive import derive_defaults, epochs_for, learning_rate_for, percentile, round_seq
+from runner.hardware import Hardware
+from runner.recipe import load_recipe
+from runner.trainlog import summary
+
+CPU = Hardware(cuda=False, gpu_name=None, gpu_count=0, gpu_memory_gib=None, bf16=False, cpu_cores=2, cpu_name="x")
+
+
+@pytest.mark.parametrize("rows,epochs", [(24, 10), (100, 10), (327, 8), (600, 4), (1200, 3), (5000, 2), (50000, 1)])
+def test_epochs_from_rows(rows, epochs):
+    e, why = epochs_for(rows)
+    assert e == epochs and str(rows) in why
+
+
+def test_learning_rate_by_method_and_size():
+    assert learning_rate_for("full", 300)[0] == 1.0e-5
+    assert learning_rate_for("lora", 300)[0] == 5.0e-4
+    assert learning_rate_for("qlora", 50000)[0] == 2.0e-4
+
+
+def test_rounding_and_percentile():
+    assert round_seq(61) == 128 and round_seq(129) == 192 and round_seq(700) == 704
+    assert percentile(list(range(1, 101)), 0.99) == 99 and percentile([5], 0.99) == 5
+
+
+def _rows(n, answer_words=5):
+    return "".join(f'{{"instruction": "Question number {i}?", "output": "{"word " * answer_words}{i}."}}\n'
+                   for i in range(n))
+
+
+def test_derived_from_real_tokenizer(project, smollm2):
+    root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\n"}, {"d.jsonl": _rows(300)})
+    rec = load_recipe("t", root)
+    out, why = derive_defaults(rec, None, CPU, smollm2, None)
+    assert out["epochs"] == 8 and "300 rows" in why["epochs"]
+    assert out["learning_rate"] == 5.0e-4
+    assert out["sample_packing"] is True and out["micro_batch_size"] == 1
+    # ~20 tokens per row with the ChatML template and its injected system prompt: packs of 1024
+    assert out["sequence_len"] % 64 == 0 and 128 <= out["sequence_len"] <= 2048
+    assert "p99 of 300 rows" in why["sequence_len"]
+    assert out["_validation_fraction"] == 0.1
+    assert "OMP_NUM_THREADS=2" in why["threads"]
+
+
+def test_no_validation_split_for_tiny_data(project, smollm2):
+    root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\n"}, {"d.jsonl": _rows(40)})
+    out, _ = derive_defaults(load_recipe("t", root), None, CPU, smollm2, None)
+    assert "_validation_fraction" not in out and out["epochs"] == 10
+
+
+def test_preference_only_recipe_derives_no_sft_settings(project, smollm2):
+    prefs = '{"prompt": "a?", "chosen": "yes", "rejected": "no"}\n' * 5
+    root = project({"t": f"base_model: {smollm2}\ndata: {{train: p.jsonl}}\nstages: [dpo]\n"}, {"p.jsonl": prefs})
+    out, _ = derive_defaults(load_recipe("t", root), None, CPU, smollm2, None)
+    assert "epochs" not in out and "sample_packing" not in out
+
+
+def test_trained_share_from_trainer_logs():
+    hist = [{"loss": 2.0, "tokens/trainable": 100, "tokens/total": 400},
+            {"loss": 1.0, "tokens/trainable": 250, "tokens/total": 1000}]
+    s = summary(hist)
+    assert s["trained_share"] == 0.25 and s["tokens_total"] == 1000 and s["train_loss_last"] == 1.0

@@ -1,0 +1,147 @@
+"""Recipe validation: every shipped recipe passes; each kind of mistake is reported at its line."""
+from __future__ import annotations
+
+import pytest
+
+from runner.errors import RecipeErrors, TunebookError
+from runner.recipe import load_recipe
+
+ROWS = '{"instruction": "How many leave days?", "output": "27 days."}\n' * 3
+PREFS = '{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}\n' * 3
+GOOD = """\
+name: t
+base_model: org/model
+data:
+  train: data/train.jsonl
+  format: alpaca
+training:
+  learning_rate: 2.0e-4
+stages: [sft, merge]
+"""
+
+
+def shipped_recipes(repo_root):
+    return sorted(p.stem for p in (repo_root / "recipes").glob("*.yaml"))
+
+
+def test_every_shipped_recipe_validates(repo_root, smollm2):
+    names = shipped_recipes(repo_root)
+    assert "hr-bot" in names
+    for name in names:
+        rec = load_recipe(name, repo_root)
+        assert rec.stages, name
+
+
+def _errors(project, text, files=None):
+    root = project({"t": text}, {"data/train.jsonl": ROWS, "data/prefs.jsonl": PREFS, **(files or {})})
+    with pytest.raises(TunebookError) as exc:
+        load_recipe("t", root)
+    return exc.value
+
+
+def test_good_recipe_loads(project):
+    root = project({"t": GOOD}, {"data/train.jsonl": ROWS})
+    rec = load_recipe("t", root)
+    assert [s.kind for s in rec.stages] == ["sft", "merge"]
+
+
+def test_malformed_yaml_names_line(project):
+    err = _errors(project, GOOD.replace("  format: alpaca", "  format: [alpaca"))
+    assert "malformed YAML" in str(err)
+    assert "recipes/t.yaml:6" in str(err) or "recipes/t.yaml:7" in str(err)
+
+
+def test_wrong_type_says_expected_and_found(project):
+    err = _errors(project, GOOD.replace("learning_rate: 2.0e-4", "learning_rate: fast"))
+    assert isinstance(err, RecipeErrors)
+    assert "recipes/t.yaml:7" in str(err)
+    assert "training.learning_rate" in str(err) and "expected number" in str(err) and '"fast"' in str(err)
+
+
+def test_unknown_key_did_you_mean(project):
+    err = _errors(project, GOOD.replace("learning_rate: 2.0e-4", "lerning_rate: 2.0e-4"))
+    assert "recipes/t.yaml:7" in str(err)
+    assert "unknown key 'lerning_rate'" in str(err) and "did you mean 'learning_rate'" in str(err)
+
+
+def test_unknown_preset_did_you_mean(project):
+    err = _errors(project, GOOD.replace("name: t\n", "name: t\npreset: qlora-t5\n"))
+    assert "recipes/t.yaml:2" in str(err)
+    assert "unknown preset 'qlora-t5'" in str(err) and "did you mean 'qlora-t4'" in str(err)
+
+
+def test_missing_data_file(project):
+    err = _errors(project, GOOD.replace("data/train.jsonl", "data/nope.jsonl"))
+    assert "recipes/t.yaml:4" in str(err) and "data file 'data/nope.jsonl' not found" in str(err)
+
+
+def test_negative_learning_rate(project):
+    err = _errors(project, GOOD.replace("2.0e-4", "-1.0e-4"))
+    assert "recipes/t.yaml:7" in str(err) and "must be > 0, found -0.0001" in str(err)
+
+
+def test_all_errors_reported_at_once(project):
+    text = GOOD.replace("2.0e-4", "-1.0e-4").replace("format: alpaca", "format: alpacca")
+    err = _errors(project, text + "epochs: 3\n")
+    assert isinstance(err, RecipeErrors)
+    assert len(err.problems) == 3
+    msg = str(err)
+    assert "did you mean 'alpaca'" in msg and "unknown key 'epochs'" in msg and "must be > 0" in msg
+
+
+def test_unknown_stage_did_you_mean(project):
+    err = _errors(project, GOOD.replace("[sft, merge]", "[sfft, merge]"))
+    assert "unknown stage 'sfft'" in str(err) and "did you mean 'sft'" in str(err)
+    assert "recipes/t.yaml:8" in str(err)
+
+
+def test_merge_before_training(project):
+    err = _errors(project, GOOD.replace("[sft, merge]", "[merge, sft]"))
+    assert "merge comes before any training stage" in str(err) and "stages[0]" in str(err)
+
+
+def test_dpo_with_sft_data(project):
+    err = _errors(project, GOOD.replace("[sft, merge]", "[sft, dpo, merge]"))
+    assert "dpo stage needs preference data" in str(err) and "alpaca format" in str(err)
+
+
+def test_dpo_with_preference_data_is_fine(project):
+    text = GOOD.replace("stages: [sft, merge]", "stages:\n  - sft\n  - dpo:\n      data: {train: data/prefs.jsonl}\n  - merge\n")
+    root = project({"t": text}, {"data/train.jsonl": ROWS, "data/prefs.jsonl": PREFS})
+    rec = load_recipe("t", root)
+    assert [s.kind for s in rec.stages] == ["sft", "dpo", "merge"]
+
+
+def test_duplicate_key(project):
+    err = _errors(project, GOOD + "base_model: other/model\n")
+    assert "appears twice" in str(err)
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "/etc/passwd", "recipes/../pyproject.toml", "..", "t/../../x"])
+def test_path_traversal_refused(project, name):
+    root = project({"t": GOOD}, {"data/train.jsonl": ROWS})
+    with pytest.raises(TunebookError) as exc:
+        load_recipe(name, root)
+    assert "not a recipe in recipes/" in str(exc.value) or "no recipe named" in str(exc.value)
+
+
+def test_unknown_recipe_suggests(project):
+    root = project({"hr-bot": GOOD}, {"data/train.jsonl": ROWS})
+    with pytest.raises(TunebookError) as exc:
+        load_recipe("hr-bto", root)
+    assert "Did you mean 'hr-bot'" in str(exc.value) or "did you mean 'hr-bot'" in str(exc.value)
+
+
+def test_cli_bad_recipe_exit_2_no_traceback(project, cli):
+    root = project({"t": GOOD.replace("2.0e-4", "-1")}, {"data/train.jsonl": ROWS})
+    r = cli("validate", "t", cwd=root)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: recipes/t.yaml: 1 problem")
+    assert "recipes/t.yaml:7: training.learning_rate: must be > 0, found -1" in r.stderr
+
+
+def test_cli_traversal_exit_2(project, cli):
+    root = project({"t": GOOD}, {"data/train.jsonl": ROWS})
+    r = cli("validate", "../../etc/passwd", cwd=root)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "not a recipe in recipes/" in r.stderr

@@ -1,0 +1,125 @@
+"""Preset resolution: override order, provenance, hardware adaptation, DeepSpeed wiring."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from runner.axolotl_check import check_config
+from runner.hardware import Hardware
+from runner.recipe import load_recipe
+from runner.stages import resolve
+
+ROWS = '{"instruction": "How many leave days?", "output": "27 days."}\n' * 3
+PREFS = '{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}\n' * 3
+CPU = Hardware(cuda=False, gpu_name=None, gpu_count=0, gpu_memory_gib=None, bf16=False, cpu_cores=2, cpu_name="x")
+A100 = Hardware(cuda=True, gpu_name="NVIDIA A100-SXM4-80GB", gpu_count=1, gpu_memory_gib=80, bf16=True,
+                cpu_cores=32, cpu_name="x")
+T4 = Hardware(cuda=True, gpu_name="Tesla T4", gpu_count=1, gpu_memory_gib=15, bf16=False, cpu_cores=8, cpu_name="x")
+
+
+def _res(project, text, hw, files=None):
+    root = project({"t": text}, {"data/train.jsonl": ROWS, "data/prefs.jsonl": PREFS, **(files or {})})
+    return resolve(load_recipe("t", root), hw, template_check=False)
+
+
+BASE = """\
+base_model: org/model
+preset: {preset}
+data: {{train: data/train.jsonl, format: alpaca}}
+"""
+
+
+def test_recipe_beats_preset_and_records_source(project):
+    res = _res(project, BASE.format(preset="qlora-t4") + "training: {micro_batch_size: 8, lora: {r: 64}}\n", T4)
+    sft = res.stages[0]
+    assert sft.config["micro_batch_size"] == 8 and sft.sources["micro_batch_size"][0] == "recipe"
+    assert sft.config["lora_r"] == 64 and sft.config["lora_alpha"] == 32  # alpha still the preset's
+    assert sft.sources["lora_alpha"][0] == "preset qlora-t4"
+    assert sft.config["adapter"] == "qlora" and sft.config["load_in_4bit"] is True
+    assert sft.config["bnb_config_kwargs"]["bnb_4bit_use_double_quant"] is True
+    assert sft.config["gradient_accumulation_steps"] == 4
+    assert sft.sources["gradient_accumulation_steps"][0] == "preset qlora-t4"
+    assert sft.sources["logging_steps"][0] == "tunebook default"
+    # T4: fp16 from the preset stays on a GPU without bf16
+    assert sft.config["fp16"] is True and sft.config["bf16"] is False
+    assert sft.config["optimizer"] == "paged_adamw_8bit"
+
+
+def test_stage_training_beats_recipe_and_axolotl_block_wins_last(project):
+    text = BASE.format(preset="lora-a100") + """\
+training: {learning_rate: 1.0e-4}
+axolotl: {logging_steps: 7, learning_rate: 3.0e-4}
+stages:
+  - sft: {training: {learning_rate: 5.0e-5, epochs: 2}}
+  - merge
+"""
+    sft = _res(project, text, A100).stages[0]
+    assert sft.config["learning_rate"] == 3.0e-4 and sft.sources["learning_rate"][0] == "recipe axolotl:"
+    assert sft.config["num_epochs"] == 2 and sft.sources["num_epochs"][0] == "stage sft"
+    assert sft.config["logging_steps"] == 7
+
+
+def test_cpu_adaptation(project):
+    res = _res(project, BASE.format(preset="qlora-t4"), CPU)
+    sft = res.stages[0]
+    assert sft.config["fp16"] is False and sft.config["bf16"] is False
+    assert sft.config["optimizer"] == "adamw_torch"
+    assert sft.sources["optimizer"] == ("hardware", "no CUDA GPU on this machine: paged_adamw_8bit needs CUDA")
+    for k in ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel"):
+        assert sft.config[k] is False
+    assert sft.config["load_in_4bit"] is True  # bitsandbytes 4-bit runs on CPU
+    assert sft.config["bnb_config_kwargs"]["bnb_4bit_compute_dtype"] == "float32"
+    assert any("adapted to this machine" in n and "paged_adamw_8bit -> adamw_torch" in n for n in res.notes)
+
+
+def test_full_ft_multigpu_deepspeed(project, repo_root):
+    res = _res(project, BASE.format(preset="full-ft-multigpu") + "stages: [sft]\n", A100)
+    sft = res.stages[0]
+    ds = sft.config["deepspeed"]
+    assert ds.endswith("recipes/presets/zero3_bf16.json")
+    assert json.load(open(ds))["zero_optimization"]["stage"] == 3
+    assert sft.config["adapter"] is None and sft.config["learning_rate"] == 1.0e-5
+    # On a CPU, DeepSpeed goes.
+    cpu = _res(project, BASE.format(preset="full-ft-multigpu") + "stages: [sft]\n", CPU).stages[0]
+    assert "deepspeed" not in cpu.config
+
+
+def test_dpo_chains_from_merged_sft(project):
+    text = BASE.format(preset="lora-a100") + """\
+stages:
+  - sft
+  - dpo: {data: {train: data/prefs.jsonl, format: preference}}
+  - merge
+"""
+    res = _res(project, text, A100)
+    sft, dpo, merge = res.stages
+    assert dpo.config["base_model"] == str(sft.run_dir / "merged")
+    assert dpo.config["rl"] == "dpo" and dpo.config["learning_rate"] == 5.0e-5
+    assert dpo.config["datasets"][0]["type"] == "chat_template.default"
+    assert dpo.config["datasets"][0]["path"].endswith("runs/t/data/dpo/train.jsonl")
+    assert merge.config["lora_model_dir"] == str(dpo.output_dir)
+    assert merge.config["base_model"] == str(sft.run_dir / "merged")
+    assert "lora_model_dir" not in dpo.config
+
+
+def test_dpo_from_adapter(project):
+    text = BASE.format(preset="lora-a100") + """\
+stages:
+  - sft
+  - dpo: {from: adapter, data: {train: data/prefs.jsonl}}
+"""
+    sft, dpo = _res(project, text, A100).stages
+    assert dpo.config["base_model"] == "org/model" and dpo.config["lora_model_dir"] == str(sft.output_dir)
+
+
+def test_resolved_configs_pass_axolotl_validation(project):
+    for preset, hw in (("qlora-t4", T4), ("lora-a100", A100), ("qlora-t4", CPU)):
+        res = _res(project, BASE.format(preset=preset), hw)
+        assert check_config(res.stages[0].config) == [], preset
+
+
+def test_axolotl_rejects_bad_raw_key(project):
+    res = _res(project, BASE.format(preset="lora-a100") + "axolotl: {lora_dropout: lots}\n", A100)
+    problems = check_config(res.stages[0].config)
+    assert problems and any("lora_dropout" in p for p in problems)
