@@ -55,8 +55,10 @@ def measure_gpu(config: Path, steps: int) -> dict:
 
     raw = yaml.safe_load(config.read_text())
     out_dir = tempfile.mkdtemp(prefix="measure-")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
     overrides = dict(max_steps=steps, save_strategy="no", output_dir=out_dir, logging_steps=1,
-                     val_set_size=0, eval_strategy="no", use_wandb=False, save_first_step=False)
+                     val_set_size=0, eval_strategy="no", save_first_step=False)
     rec = {"micro_batches": [], "load_peak_allocated_gib": None}
     original = transformers.Trainer.training_step
 
@@ -93,7 +95,8 @@ def measure_gpu(config: Path, steps: int) -> dict:
 
 
 def cpu_check() -> list[dict]:
-    """Peak activation memory of tiny Llama + LoRA runs on the CPU vs the planner's activations + logits."""
+    """Peak memory above the weights of tiny Llama runs on the CPU vs the planner's gradients + activations
+    + logits (LoRA without Axolotl's Triton kernels, no Liger: both need CUDA)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from torch.profiler import ProfilerActivity, profile
@@ -133,7 +136,8 @@ def cpu_check() -> list[dict]:
             del out
             loss.backward()
 
-        step()  # gradients exist from here on, as after the first optimizer step
+        step()  # warm-up; then gradients are freed, as the Trainer's zero_grad(set_to_none=True) does
+        model.zero_grad(set_to_none=True)
         with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
                      with_stack=True) as prof:
             step()
@@ -143,7 +147,7 @@ def cpu_check() -> list[dict]:
         totals = [sum(x) for x in sizes]
         measured = max(totals) - totals[0]
         est = estimate_memory(ModelShape.from_config({"model_type": "llama", **keys}), s)
-        predicted = est.breakdown["activations"] + est.breakdown["logits"]
+        predicted = sum(est.breakdown[k] for k in ("gradients", "activations", "logits"))
         results.append({"case": name, "measured_mb": round(measured / 1e6, 2),
                         "predicted_mb": round(predicted / 1e6, 2),
                         "error_pct": round(100 * (predicted / measured - 1), 1), "phase": est.peak_phase})

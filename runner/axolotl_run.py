@@ -32,20 +32,97 @@ def child_env(extra: dict | None = None) -> dict:
     return env
 
 
-def launcher_args(h: hw.Hardware, gpus: int | None = None, nnodes: int | None = None) -> list[str]:
-    """How Axolotl starts training here: in-process on a CPU, accelerate (one or more GPUs, nodes)."""
-    if not h.cuda:
-        return ["--launcher", "python"]
-    n = gpus or h.gpu_count or 1
-    env = os.environ
-    nnodes = nnodes or int(env.get("NNODES", "1"))
-    if n <= 1 and nnodes <= 1:
-        return ["--launcher", "accelerate"]
-    args = ["--launcher", "accelerate", "--", "--num_processes", str(n * nnodes), "--num_machines", str(nnodes)]
+LAUNCHERS = ("accelerate", "torchrun")
+DIST_ENV = ("GPUS", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "TUNEBOOK_LAUNCHER")
+DEFAULT_MASTER_PORT = 29500
+
+
+def _env_int(env, name: str, default: int | None, minimum: int) -> int | None:
+    raw = str(env.get(name, "")).strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < minimum:
+        raise TunebookError(f"{name}={raw!r} is not a whole number >= {minimum}",
+                            fix=f"Set {name} to a number (see docs/deploy.md, multi-GPU and multi-node), or unset it.")
+    return value
+
+
+def dist_settings(env=None) -> dict:
+    """GPUS, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT and TUNEBOOK_LAUNCHER from the environment (the names
+    torchrun and most schedulers use), as train_command() keyword arguments. Unset means: every GPU of this
+    machine, one node, accelerate."""
+    env = os.environ if env is None else env
+    launcher = str(env.get("TUNEBOOK_LAUNCHER", "") or "accelerate").strip()
+    if launcher not in LAUNCHERS:
+        raise TunebookError(f"TUNEBOOK_LAUNCHER={launcher!r} is not a launcher tunebook knows",
+                            fix=f"Use one of: {', '.join(LAUNCHERS)}.")
+    return {"gpus": _env_int(env, "GPUS", None, 1), "nnodes": _env_int(env, "NNODES", 1, 1),
+            "node_rank": _env_int(env, "NODE_RANK", 0, 0), "master_addr": (env.get("MASTER_ADDR") or None),
+            "master_port": _env_int(env, "MASTER_PORT", DEFAULT_MASTER_PORT, 1), "launcher": launcher}
+
+
+def train_command(config_path, hardware: hw.Hardware, gpus: int | None = None, nnodes: int = 1, node_rank: int = 0,
+                  master_addr: str | None = None, master_port: int = DEFAULT_MASTER_PORT,
+                  deepspeed: str | os.PathLike | None = None, launcher: str = "accelerate",
+                  axolotl: str | None = None) -> list[str]:
+    """The exact argv that trains one stage: `axolotl train CONFIG [--deepspeed JSON] --launcher ...`.
+
+    CPU: Axolotl's in-process python launcher. GPUs: `accelerate launch` (default) or `torchrun`, with one process
+    per GPU on each of `nnodes` machines; node 0 (`master_addr:master_port`) is where the others rendezvous.
+    `deepspeed` passes a DeepSpeed JSON on the command line (a config's own `deepspeed:` key works as well:
+    Axolotl sets DeepSpeed up inside each process either way)."""
+    exe = axolotl or (str(venv_bin() / "axolotl") if (venv_bin() / "axolotl").exists() else "axolotl")
+    cmd = [exe, "train", str(config_path)]
+    if launcher not in LAUNCHERS:
+        raise TunebookError(f"unknown launcher '{launcher}'", fix=f"Use one of: {', '.join(LAUNCHERS)}.")
+    if not hardware.cuda:
+        if (gpus or 1) > 1 or nnodes > 1:
+            raise TunebookError(f"{gpus or 1} GPU(s) on {nnodes} node(s) requested, but this machine has no CUDA GPU",
+                                fix="Unset GPUS/NNODES to train on the CPU, or run on a GPU machine "
+                                    "(`tunebook launch`).")
+        return cmd + ["--launcher", "python"]
+    n = gpus or hardware.gpu_count or 1
+    if hardware.gpu_count and n > hardware.gpu_count:
+        raise TunebookError(f"GPUS={n} but this machine has {hardware.gpu_count} GPU(s) ({hardware.gpu_name})",
+                            fix=f"Set GPUS to at most {hardware.gpu_count}, or unset it to use them all.")
     if nnodes > 1:
-        args += ["--machine_rank", env.get("NODE_RANK", "0"), "--main_process_ip", env.get("MASTER_ADDR", "127.0.0.1"),
-                 "--main_process_port", env.get("MASTER_PORT", "29500")]
-    return args
+        if not master_addr:
+            raise TunebookError(f"NNODES={nnodes} needs MASTER_ADDR: the address of node 0, reachable from every node",
+                                fix="Set MASTER_ADDR (and MASTER_PORT, default 29500) to the same values on all nodes, "
+                                    "and NODE_RANK to 0..NNODES-1 (0 on the node at MASTER_ADDR).")
+        if not 0 <= node_rank < nnodes:
+            raise TunebookError(f"NODE_RANK={node_rank} is outside 0..{nnodes - 1} (NNODES={nnodes})",
+                                fix="Number the nodes 0..NNODES-1; node 0 runs at MASTER_ADDR.")
+    if deepspeed:
+        cmd += ["--deepspeed", str(deepspeed)]
+    cmd += ["--launcher", launcher, "--"]
+    if launcher == "torchrun":
+        cmd += ["--nnodes", str(nnodes), "--nproc_per_node", str(n)]
+        if nnodes > 1:
+            cmd += ["--node_rank", str(node_rank), "--master_addr", str(master_addr), "--master_port", str(master_port)]
+        return cmd
+    cmd += ["--num_processes", str(n * nnodes), "--num_machines", str(nnodes)]
+    if n * nnodes > 1:
+        cmd.append("--multi_gpu")  # accelerate only infers it from the GPUs it sees on *this* machine
+    if nnodes > 1:
+        cmd += ["--machine_rank", str(node_rank), "--main_process_ip", str(master_addr),
+                "--main_process_port", str(master_port)]
+    return cmd
+
+
+def launcher_args(h: hw.Hardware, gpus: int | None = None, nnodes: int | None = None) -> list[str]:
+    """The part of train_command() after the config path, with GPUS/NNODES/NODE_RANK/MASTER_ADDR/MASTER_PORT/
+    TUNEBOOK_LAUNCHER taken from the environment (explicit `gpus`/`nnodes` win)."""
+    kw = dist_settings()
+    if gpus is not None:
+        kw["gpus"] = gpus
+    if nnodes is not None:
+        kw["nnodes"] = nnodes
+    return train_command("CONFIG", h, axolotl="axolotl", **kw)[3:]
 
 
 def log_tail(log: Path, n: int = 12) -> str:

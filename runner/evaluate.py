@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import metrics as mx
 from .errors import TunebookError
-from .fsutil import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from .fsutil import atomic_write_json, atomic_write_text, sha256_file, sha256_json, sha256_tree
 from .generate import ModelSpec, backend_name, generate, model_fingerprint, say
 from .recipe import TRAIN_KINDS, looks_like_path
 
@@ -32,15 +32,16 @@ class GateFailed(TunebookError):
 
     gate_failed = True
 
-    def __init__(self, failed: list[dict], where: str | None = None, recorded: str | None = None):
+    def __init__(self, failed: list[dict], where: str | None = None, recorded: str | None = None,
+                 report: str | None = None):
         self.gates = failed
         self.failed = [describe_gate(g) for g in failed]
         what = "eval gate failed: " + "; ".join(self.failed)
         if recorded:
             what += f" (recorded {recorded}; inputs unchanged since)"
         fix = ("The pipeline stopped at the eval stage: the stages after it (merge, export, serve) did not run. "
-               "Read the report (runs/<recipe>/report.md), then improve the data or training, or change "
-               "eval.gates in the recipe")
+               f"Read {report or 'the report (runs/<recipe>/report.md)'}, then improve the data or training, "
+               "or change eval.gates in the recipe.")
         super().__init__(what, where=where, fix=fix, exit_code=1)
 
     @classmethod
@@ -53,8 +54,9 @@ class GateFailed(TunebookError):
 
 def describe_gate(g: dict) -> str:
     if g.get("kind") == "forgetting":
-        return (f"forgetting on {g['task']}: {g['metric']} dropped {g['value']:.1f} points "
-                f"({g['base']:.1f} -> {g['tuned']:.1f}), allowed {g['threshold']:g}")
+        moved = f"dropped {g['value']:.1f} points" if g["value"] >= 0 else f"rose {-g['value']:.1f} points"
+        return (f"forgetting on {g['task']}: {g['metric']} {moved} ({g['base']:.1f} -> {g['tuned']:.1f}), "
+                f"allowed drop {g['threshold']:g}")
     return f"held-out {g['gate']} = {g['value']:.3f}, needs >= {g['threshold']:g}"
 
 
@@ -134,8 +136,6 @@ def held_out_rows(res, stage, settings) -> tuple[Path, list[dict]]:
                      "key_fact": r.get("key_fact")})
     if settings.get("limit"):
         rows = rows[: settings["limit"]]
-    if not rows:
-        raise TunebookError(f"stage '{stage.name}': the held-out file is empty", where=str(path))
     return path, rows
 
 
@@ -263,36 +263,46 @@ def score_rows(rows, preds, metric_names, validator) -> list[dict]:
     return out
 
 
-def forgetting_check(res, settings, base: ModelSpec, tuned: ModelSpec, cache_dir: Path, quiet: bool) -> dict | None:
-    fg = settings["forgetting"]
-    tasks = list(fg.get("tasks") or [])
+def open_tasks(res, settings):
+    """The lm-eval tasks of eval.forgetting, checked up front (names, datasets), or None."""
+    tasks = list(settings["forgetting"].get("tasks") or [])
     if not tasks:
         return None
     from . import forgetting as fz
 
-    limit = fg.get("limit")
+    session = fz.TaskSession(res.recipe.root, tasks)
+    try:
+        session.check_datasets()
+    except BaseException:
+        session.close()
+        raise
+    return session
+
+
+def forgetting_check(session, settings, base: ModelSpec, tuned: ModelSpec, cache_dir: Path,
+                     quiet: bool) -> dict | None:
+    if session is None:
+        return None
+    from . import forgetting as fz
+
+    fg = settings["forgetting"]
+    tasks, limit = session.tasks, fg.get("limit")
     t0 = time.time()
     say(f"eval: forgetting check with lm-evaluation-harness on {', '.join(tasks)}"
         + (f" (limit {limit} per task)" if limit else ""))
-    session = fz.TaskSession(res.recipe.root, tasks)
-    try:
-        from .fsutil import sha256_tree
-
-        task_hash = sha256_json({d.name: sha256_tree(d) for d in session.tmp.iterdir()} | {
-            "data": _referenced_data_hash(session.tmp)})
-        batch = settings["batch_size"]
-        key = sha256_json({"model": model_fingerprint(base.path), "tasks": tasks, "limit": limit,
-                           "task_files": task_hash, "device": _device(), "versions": _versions(), "batch": batch})
-        cache = cache_dir / "base_forgetting.json"
-        base_scores = _cache_get(cache, key)
-        if base_scores is None:
-            base_scores = fz.evaluate_model(base, session, limit, batch, quiet)
-            _cache_put(cache, key, base_scores)
-        else:
-            say("eval: base model's benchmark scores from cache (base_forgetting.json)")
-        tuned_scores = fz.evaluate_model(tuned, session, limit, batch, quiet)
-    finally:
-        session.close()
+    task_hash = sha256_json({d.name: sha256_tree(d) for d in session.tmp.iterdir()} | {
+        "data": _referenced_data_hash(session.tmp)})
+    batch = settings["batch_size"]
+    key = sha256_json({"model": model_fingerprint(base.path), "tasks": tasks, "limit": limit,
+                       "task_files": task_hash, "device": _device(), "versions": _versions(), "batch": batch})
+    cache = cache_dir / "base_forgetting.json"
+    base_scores = _cache_get(cache, key)
+    if base_scores is None:
+        base_scores = fz.evaluate_model(base, session, limit, batch, quiet)
+        _cache_put(cache, key, base_scores)
+    else:
+        say("eval: base model's benchmark scores from cache (base_forgetting.json)")
+    tuned_scores = fz.evaluate_model(tuned, session, limit, batch, quiet)
     return {"tasks": fz.compare(base_scores, tuned_scores, fg.get("max_drop")), "limit": limit,
             "seconds": round(time.time() - t0, 1)}
 
@@ -339,6 +349,13 @@ def run_eval_stage(res, stage, quiet: bool = False) -> dict:
                             fix="Add e.g. `forgetting: {tasks: [general_knowledge], max_drop: {general_knowledge: 5}}`")
     validator = load_schema_validator(res, settings)
     held_path, rows = held_out_rows(res, stage, settings)
+    held_gates = [g for g in settings["gates"] if g != "forgetting"]
+    if not rows:
+        if held_gates or not settings["forgetting"].get("tasks"):
+            raise TunebookError(f"stage '{stage.name}': there are no held-out rows to evaluate on "
+                                f"({held_path} is empty)", where=_where(res, "data"),
+                                fix="Give data.held_out (a file never trained on) or a held_out_fraction above 0.")
+        say("eval: no held-out rows; only the forgetting check runs")
     tuned = tuned_spec(res, stage)
     base = base_spec(res)
     cfg = training_config(res, stage)
@@ -356,28 +373,33 @@ def run_eval_stage(res, stage, quiet: bool = False) -> dict:
     cache_dir = res.run_root / "eval"
     backend = backend_name()
 
-    # Base model answers (cached).
-    base_preds = None
-    if settings["compare_base"]:
-        key = sha256_json({"model": model_fingerprint(base.path), "held_out": sha256_file(held_path),
-                           "limit": settings.get("limit"), "max_new_tokens": settings["max_new_tokens"],
-                           "batch_size": settings["batch_size"], "template": effective_template,
-                           "backend": backend, "device": _device(), "versions": _versions()})
-        cache = cache_dir / "base_predictions.json"
-        base_preds = _cache_get(cache, key)
-        if base_preds is None:
-            base_preds, _ = answers(base, rows, template, settings, quiet)
-            _cache_put(cache, key, base_preds)
-        else:
-            say("eval: base model's answers from cache (base_predictions.json)")
-    tuned_preds, backend = answers(tuned, rows, template, settings, quiet)
+    session = open_tasks(res, settings)  # unknown tasks and unreachable datasets fail before any generation
+    try:
+        # Base model answers (cached).
+        base_preds = None
+        if settings["compare_base"] and rows:
+            key = sha256_json({"model": model_fingerprint(base.path), "held_out": sha256_file(held_path),
+                               "limit": settings.get("limit"), "max_new_tokens": settings["max_new_tokens"],
+                               "batch_size": settings["batch_size"], "template": effective_template,
+                               "backend": backend, "device": _device(), "versions": _versions()})
+            cache = cache_dir / "base_predictions.json"
+            base_preds = _cache_get(cache, key)
+            if base_preds is None:
+                base_preds, _ = answers(base, rows, template, settings, quiet)
+                _cache_put(cache, key, base_preds)
+            else:
+                say("eval: base model's answers from cache (base_predictions.json)")
+        tuned_preds, backend = answers(tuned, rows, template, settings, quiet) if rows else ([], backend)
+        forgetting = forgetting_check(session, settings, base, tuned, cache_dir, quiet)
+    finally:
+        if session is not None:
+            session.close()
 
     tuned_scores = score_rows(rows, tuned_preds, metric_names, validator)
-    base_scores = score_rows(rows, base_preds, metric_names, validator) if base_preds else None
+    base_scores = score_rows(rows, base_preds, metric_names, validator) if base_preds is not None else None
     tuned_agg = mx.aggregate(tuned_scores)
-    base_agg = mx.aggregate(base_scores) if base_scores else None
+    base_agg = mx.aggregate(base_scores) if base_scores is not None else None
 
-    forgetting = forgetting_check(res, settings, base, tuned, cache_dir, quiet)
     gates = check_gates(settings, tuned_agg, forgetting)
     failed = [g for g in gates if not g["passed"]]
 
@@ -386,7 +408,7 @@ def run_eval_stage(res, stage, quiet: bool = False) -> dict:
         pred_rows.append({
             "id": r["id"], "prompt": next((m["content"] for m in reversed(r["conversation"]) if m["role"] == "user"), ""),
             "reference": r["reference"], "key_fact": r.get("key_fact"),
-            "base": ({**base_preds[i], "scores": base_scores[i]} if base_preds else None),
+            "base": ({**base_preds[i], "scores": base_scores[i]} if base_preds is not None else None),
             "tuned": {**tuned_preds[i], "scores": tuned_scores[i]},
         })
     atomic_write_text(stage.run_dir / "predictions.jsonl",
@@ -420,7 +442,8 @@ def run_eval_stage(res, stage, quiet: bool = False) -> dict:
             f"run `tunebook report {res.recipe.name}` to retry")
     track(res, stage, result, pred_rows)
     if failed:
-        raise GateFailed(failed, where=str(stage.run_dir / "metrics.json"))
+        rel = lambda p: os.path.relpath(p, res.recipe.root)
+        raise GateFailed(failed, where=rel(stage.run_dir / "metrics.json"), report=rel(res.run_root / "report.md"))
     return result
 
 
@@ -434,7 +457,7 @@ def print_summary(m: dict) -> None:
     for task, row in ((m.get("forgetting") or {}).get("tasks") or {}).items():
         allowed = f", allowed {row['max_drop']:g}" if row.get("max_drop") is not None else ""
         say(f"  forgetting {task} ({row['metric']}): {row['base']:.1f} -> {row['tuned']:.1f} points "
-            f"(drop {row.get('drop', 0):+.1f}{allowed})")
+            f"(drop {row.get('drop', 0):.1f}{allowed})")
     for g in m["gates"]:
         say(f"  gate {g['gate']}: {'PASS' if g['passed'] else 'FAIL'} ({describe_gate(g)})")
 

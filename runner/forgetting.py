@@ -134,6 +134,21 @@ def _quiet_lm_eval():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def task_error(task: str, exc: Exception, root: Path) -> TunebookError:
+    """A readable error for a task lm-eval could not run; a hub dataset that can't be fetched says so."""
+    msg = f"{type(exc).__name__}: {exc}"
+    if task not in local_task_names(root) and (
+            os.environ.get("HF_HUB_OFFLINE") == "1" or any(h in msg.lower() for h in OFFLINE_HINTS)):
+        return TunebookError(
+            f"eval.forgetting: the dataset of lm-eval task '{task}' isn't available offline "
+            f"({msg.splitlines()[0][:200]})",
+            fix="Hub datasets can't be fetched here. Use a local task instead: an lm-eval task YAML in "
+                "recipes/tasks/ over a local file, e.g. `forgetting: {tasks: [general_knowledge]}` "
+                "(recipes/tasks/general_knowledge.yaml), or run where the hub is reachable.",
+            exit_code=1)
+    return TunebookError(f"eval.forgetting: lm-eval failed on task '{task}': {msg[:500]}", exit_code=1)
+
+
 class TaskSession:
     """Local tasks materialised into a temp folder and an lm-eval TaskManager over them (built once)."""
 
@@ -155,9 +170,22 @@ class TaskSession:
                 close = difflib.get_close_matches(t, sorted(known), n=3, cutoff=0.6)
                 raise TunebookError(
                     f"eval.forgetting: unknown lm-eval task '{t}'"
-                    + (f"; did you mean {', '.join(close)}?" if close else ""),
+                    + (f" (did you mean {', '.join(close)})" if close else ""),
                     fix=f"Use an lm-eval task name (e.g. mmlu, gsm8k, arc_easy) or a local task from recipes/tasks/"
                         f" ({', '.join(sorted(local)) or 'none'}).")
+
+    def check_datasets(self) -> None:
+        """Build every task once (that loads its dataset) so a dataset that can't be had offline fails the
+        stage before any model is loaded."""
+        from lm_eval.tasks import get_task_dict
+
+        _quiet_lm_eval()
+        for task in self.tasks:
+            try:
+                with contextlib.redirect_stderr(io.StringIO()):
+                    get_task_dict([task], self.tm)
+            except Exception as exc:
+                raise task_error(task, exc, self.root) from None
 
     def close(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -199,18 +227,7 @@ def evaluate_model(spec: ModelSpec, session: TaskSession, limit: int | float | N
             except TunebookError:
                 raise
             except Exception as exc:  # lm-eval and datasets raise many types; name the task and the cause
-                msg = f"{type(exc).__name__}: {exc}"
-                if task not in local_task_names(session.root) and (
-                        os.environ.get("HF_HUB_OFFLINE") == "1" or any(h in msg.lower() for h in OFFLINE_HINTS)):
-                    raise TunebookError(
-                        f"eval.forgetting: the dataset of lm-eval task '{task}' isn't available offline "
-                        f"({msg.splitlines()[0][:200]})",
-                        fix="Hub datasets can't be fetched here. Use a local task instead: an lm-eval task YAML in "
-                            "recipes/tasks/ over a local file, e.g. `forgetting: {tasks: [general_knowledge]}` "
-                            "(recipes/tasks/general_knowledge.yaml), or run where the hub is reachable.",
-                        exit_code=1) from None
-                raise TunebookError(f"eval.forgetting: lm-eval failed on task '{task}': {msg[:500]}",
-                                    exit_code=1) from None
+                raise task_error(task, exc, session.root) from None
             if res is None:
                 continue
             block = (res.get("groups") or {}).get(task) or res["results"].get(task) or {}

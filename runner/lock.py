@@ -79,3 +79,17 @@ def why_stale(recorded: dict, current: dict) -> list[str]:
         if rin.get("versions", {}).get(pkg) != v:
             reasons.append(f"{pkg} {rin.get('versions', {}).get(pkg)} -> {v}")
     return reasons or ["its inputs changed"]
+
+
+def refuse_if_gate_failed(run_root: Path, recipe: str, action: str) -> None:
+    """Stop export/serve of a run whose evaluation gate failed (an older model may still be on disk)."""
+    from .errors import TunebookError
+
+    lock = read_lock(run_root / "tunebook.lock")
+    for name, entry in lock.get("stages", {}).items():
+        if entry.get("gate") == "failed":
+            gates = "; ".join(entry.get("failed_gates") or []) or "a gate failed"
+            raise TunebookError(f"refusing to {action} {recipe}: stage '{name}' failed its evaluation gate ({gates})",
+                                where=str(run_root / "tunebook.lock"),
+                                fix=f"Improve the data or training and run `make train RECIPE={recipe}` until the "
+                                    "gates pass (or change eval.gates in the recipe).")

@@ -177,7 +177,9 @@ class Pipeline:
                 upstream_hashes[st.name] = entry["output_hash"]
                 say(f"{st.name}: up to date (inputs unchanged since {entry.get('finished', '?')})")
             else:
-                if entry and st.name not in self.force:
+                if entry and entry.get("gate") == "failed" and entry.get("input_hash") == ih:
+                    say(f"{st.name}: re-evaluating: its gate failed last time")
+                elif entry and st.name not in self.force:
                     say(f"{st.name}: re-running because " + "; ".join(lk.why_stale(entry, inputs.to_dict())))
                 started = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
                 t0 = time.time()
@@ -187,6 +189,7 @@ class Pipeline:
                     if getattr(exc, "gate_failed", False):
                         # The lock says why the pipeline stopped here; the next run re-evaluates.
                         lock["stages"][st.name] = {"kind": st.kind, "input_hash": ih, "gate": "failed",
+                                                   "inputs": inputs.to_dict(), "started": started,
                                                    "failed_gates": getattr(exc, "failed", []),
                                                    "finished": dt.datetime.now(dt.timezone.utc).isoformat(
                                                        timespec="seconds")}
@@ -255,11 +258,18 @@ class Pipeline:
         """Record the chosen epoch and warn when most computed tokens were not trained."""
         from . import trainlog
 
-        best = trainlog.best_epoch(st.output_dir)
+        best = trainlog.best_epoch(st.output_dir) if st.config.get("test_datasets") else None
         if best:
+            ck = st.output_dir / best["checkpoint"]
+            last = max(st.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+            if ck != last:
+                # The final save is the last epoch's; put the chosen epoch's weights in its place.
+                for f in ck.iterdir():
+                    if f.is_file() and f.name.startswith(("adapter_", "model")) and MODEL_FILES.search(f.name):
+                        shutil.copy2(f, st.output_dir / f.name)
             atomic_write_text(st.run_dir / "best_epoch.json", __import__("json").dumps(best, indent=2) + "\n")
             say(f"{st.name}: kept epoch {best['epoch']:g} of {best['epochs_run']:g} "
-                f"(validation loss {best['eval_loss']:.4f}; per epoch: "
+                f"(validation loss {best['eval_loss']:.4f}, lowest {best['lowest_eval_loss']:.4f}; per epoch: "
                 + ", ".join(f"{x:.3f}" for x in best["eval_loss_per_epoch"]) + ")")
         s = trainlog.summary(trainlog.history(st.run_dir))
         share = s.get("trained_share")

@@ -24,7 +24,7 @@ PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "
 LIGER_PLUGIN = "axolotl.integrations.liger.LigerPlugin"
 # Allocator-visible memory that no term below names: cuBLAS/cuBLASLt workspaces, the autocast cache of bf16
 # copies of the LoRA weights, rotary tables, masks, ids and labels. One constant for every setup (see
-# docs/planner-accuracy.md for why 0.25 GiB is plausible); the CUDA context itself is not "allocated" memory
+# docs/planner-accuracy.md for why 0.1 GiB is plausible); the CUDA context itself is not "allocated" memory
 # and is taken off the GPU's usable memory in gpus.yaml instead.
 OVERHEAD_BYTES = int(0.1 * GIB)
 FITS_BELOW, TIGHT_BELOW = 0.85, 1.0  # share of usable GPU memory; the rest absorbs allocator fragmentation
@@ -56,13 +56,14 @@ class ModelShape:
         try:
             hidden = int(cfg["hidden_size"])
             heads = int(cfg["num_attention_heads"])
-            model_type = str(cfg.get("model_type", "llama"))
+            model_type = cfg.get("model_type")
+            tied = cfg.get("tie_word_embeddings")
             return cls(
-                name=name, model_type=model_type, hidden=hidden, layers=int(cfg["num_hidden_layers"]),
+                name=name, model_type=str(model_type or "llama"), hidden=hidden, layers=int(cfg["num_hidden_layers"]),
                 intermediate=int(cfg.get("intermediate_size") or 4 * hidden), heads=heads,
                 kv_heads=int(cfg.get("num_key_value_heads") or heads),
                 head_dim=int(cfg.get("head_dim") or hidden // heads), vocab=int(cfg["vocab_size"]),
-                tied=bool(cfg.get("tie_word_embeddings", TIED_DEFAULT.get(model_type, True))),
+                tied=bool(TIED_DEFAULT.get(model_type, True) if tied is None else tied),
                 logit_softcap=cfg.get("final_logit_softcapping"))
         except (KeyError, TypeError, ValueError) as exc:
             raise TunebookError(f"config.json of '{name}' lacks a usable {exc} field",
@@ -123,10 +124,15 @@ def _table(name: str) -> dict:
 
 
 def shipped_model(base_model: str) -> ModelShape | None:
-    """The architecture from recipes/presets/models.yaml for a hub id (or alias), if shipped."""
-    want = base_model.strip().lower()
+    """The architecture from recipes/presets/models.yaml for a hub id (or alias), if shipped.
+
+    A path matches by its last part (".cache/models/smollm2-135m-instruct" is SmolLM2-135M-Instruct), so a
+    recipe can be planned before its local model folder is prepared."""
+    want = base_model.strip().rstrip("/").lower()
+    last = want.rsplit("/", 1)[-1]
     for name, entry in _table("models.yaml")["models"].items():
-        if want == name.lower() or want in (h.lower() for h in entry["hub_ids"]):
+        ids = [h.lower() for h in entry["hub_ids"]]
+        if want in (name.lower(), *ids) or last in (name.lower(), *(h.rsplit("/", 1)[-1] for h in ids)):
             return ModelShape.from_config(entry["config"], name=base_model)
     return None
 
@@ -264,8 +270,8 @@ def _deepspeed(ref, repo_root: Path) -> tuple[int, bool, bool]:
 class MemoryEstimate:
     """Peak allocated memory on one GPU, as what is resident at the peak moment."""
 
-    breakdown: dict[str, int]           # bytes: weights, lora_params, gradients, optimizer, activations, logits, overhead
-    peak_phase: str                     # when the peak happens
+    breakdown: dict[str, int]  # bytes: weights, lora_params, gradients, optimizer, activations, logits, overhead
+    peak_phase: str            # when the peak happens
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -307,7 +313,7 @@ def _state_bytes(s: TrainSetup, trainable: int, param_bytes: int) -> tuple[int, 
     states, per, paged = OPTIMIZERS.get(s.optimizer, OPTIMIZERS["adamw_torch"])
     if s.zero_stage:
         # DeepSpeed keeps an fp32 master copy and fp32 Adam states for what it trains (mixed precision).
-        return trainable * (4 + 4 * states if per is None else 4 + per * states), False
+        return int(trainable * (4 + 4 * states if per is None else 4 + per * states)), False
     return int(trainable * states * (param_bytes if per is None else per)), paged
 
 
@@ -377,8 +383,8 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     """Peak allocated bytes on one GPU, as what is resident at the moment of the peak.
 
     Candidates: the loss (logits buffers on top of the stored activations), the backward of the last decoder
-    layer (one layer's activations and gradients in flight), and, for full fine-tuning, the end of the
-    backward pass, when every weight gradient exists but the activations are gone.
+    layer (one layer's activations and gradients in flight), and, for full fine-tuning, the backward of the
+    first layer, when nearly every weight gradient exists.
     """
     s, notes = setup, []
     n = max(1, s.n_gpus)
@@ -392,6 +398,8 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     lora = 0 if full else trainable * pbytes
     grads = trainable * pbytes
     opt, paged = _state_bytes(s, trainable, pbytes)
+    if s.optimizer not in OPTIMIZERS:
+        notes.append(f"optimizer {s.optimizer} is not in the planner's table: counted as AdamW.")
     if paged:
         notes.append(f"{s.optimizer} keeps {opt / GIB:.2f} GiB of states in CUDA managed memory, which "
                      "PyTorch does not count and the driver can page out to CPU RAM; not in the peak.")
@@ -433,8 +441,9 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
         ("backward of the last decoder layer", stored + layer_peak, 0, grads_then),
         ("fused linear cross entropy" if s.liger_flce else "cross-entropy backward", stored, logits, grads_then),
     ]
-    if partial:
-        moments.append(("end of backward (all weight gradients)", temp, 0, grads))
+    if partial:  # the first layer's backward: every other gradient exists, one layer's activations remain
+        first = (saved + work + 2 * shape.hidden) * tokens + temp
+        moments.append(("backward of the first decoder layer", first, 0, grads))
     phase, act, logit, grad = max(moments, key=lambda m: m[1] + m[2] + m[3])
     if not s.packing and not s.max_row_tokens:
         notes.append(f"no packing: batches pad to their longest row; planned for rows of the full "
@@ -465,12 +474,12 @@ class GPU:
 
 
 def load_gpus() -> dict[str, GPU]:
-    """All GPUs in recipes/presets/gpus.yaml, by id, smallest memory first."""
+    """All GPUs in recipes/presets/gpus.yaml, by id, in the file's order (smallest memory first)."""
     out = {}
     for gid, g in _table("gpus.yaml")["gpus"].items():
         out[gid] = GPU(id=gid, name=g["name"], memory_gib=float(g["memory_gib"]), tflops=float(g["tflops_16bit"]),
                        mfu=float(g["mfu_lora"]), bf16=bool(g.get("bf16", True)))
-    return dict(sorted(out.items(), key=lambda kv: (kv[1].memory_gib, -kv[1].tflops)))
+    return out
 
 
 def gpu_by_id(gid: str) -> GPU:
@@ -648,7 +657,8 @@ class Plan:
     def render(self) -> str:
         """Human-readable tables (rich when installed, plain text otherwise)."""
         s, est = self.setup, self.estimate
-        head = (f"{self.title}: {self.shape.name} ({self.shape.params / 1e9:.2f}B params, {self.shape.model_type}), "
+        title = f"{self.title}: " if self.title != self.shape.name else ""
+        head = (f"{title}{self.shape.name} ({self.shape.params / 1e9:.2f}B params, {self.shape.model_type}), "
                 f"{s.method}, seq {s.seq_len}, micro batch {s.micro_batch} x accumulation {s.grad_accum}"
                 f"{', packing' if s.packing else ''}{', grad ckpt' if s.grad_ckpt else ''}"
                 f"{', Liger FLCE' if s.liger_flce else ''}, {s.optimizer}"
@@ -663,7 +673,8 @@ class Plan:
                         f"{100 * est.peak_allocated_gib / r.gpu.memory_gib:.0f}%", r.verdict,
                         f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-", _duration(r.hours),
                         (f"${c['usd']:,.2f}" if c["usd"] >= 0.01 else "<$0.01") + f" ({c['provider']})" if c else "-"))
-        tokens = (f"{self.tokens_per_epoch:,} tokens/epoch x {self.epochs:g} epochs ({self.tokens_source})"
+        source = f" ({self.tokens_source})" if self.tokens_source else ""
+        tokens = (f"{self.tokens_per_epoch:,} tokens/epoch x {self.epochs:g} epochs{source}"
                   if self.tokens_per_epoch else "no token count: time and cost not estimated")
         lines = [f"- {n}" for n in est.notes] + [f"- {tokens}"]
         for r in self.rows:

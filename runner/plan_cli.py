@@ -12,8 +12,7 @@ from pathlib import Path
 
 from . import plan as P
 from .errors import TunebookError
-
-TRAIN_KINDS = ("sft", "dpo", "orpo", "kto")
+from .recipe import TRAIN_KINDS
 BYTES_PER_TOKEN = 3.6  # JSONL bytes per token: English text plus the JSON keys and quoting (rough)
 
 
@@ -95,7 +94,7 @@ def _model_plan(args, root: Path) -> P.Plan:
     gpus, primary = _gpus(args, None)
     source = "--tokens" if args.tokens else ""
     return P.make_plan(shape, setup, gpus, primary=primary, tokens_per_epoch=args.tokens, tokens_source=source,
-                       epochs=args.epochs or 1.0, title=f"plan for {args.model}")
+                       epochs=args.epochs or 1.0)
 
 
 def target_hardware(gpu: P.GPU, count: int):
@@ -112,14 +111,16 @@ def resolve_for_gpu(name: str, root: Path, gpu_id: str | None = None, count: int
     given one, else the preset's, else a generic bf16 GPU (only bf16 support changes the config)."""
     from .presets import load_preset
     from .recipe import load_recipe
-    from .stages import resolve_recipe_by_name
+    from .stages import resolve
 
-    data = load_recipe(name, root).data
-    preset_gpu = (load_preset(data["preset"], root) if data.get("preset") else {}).get("gpu") or {}
+    rec = load_recipe(name, root)
+    preset_gpu = (load_preset(rec.data["preset"], root) if rec.data.get("preset") else {}).get("gpu") or {}
     table = P.load_gpus()
     gpu = table.get(gpu_id or str(preset_gpu.get("id"))) or table["h100"]
     count = count or int(preset_gpu.get("count") or 1)
-    resolved = resolve_recipe_by_name(name, root, h=target_hardware(gpu, count), template_check=False)
+    # With the model on disk, tunebook derives sequence length and packing from the data's real token
+    # lengths: plan exactly the config that will train.
+    resolved = resolve(rec, h=target_hardware(gpu, count), template_check=True)
     stage = next((s for s in resolved.stages if s.kind in TRAIN_KINDS and s.config), None)
     if stage is None:
         raise TunebookError(f"recipe '{name}' has no training stage to plan", fix="Add an sft (or dpo) stage.")
@@ -153,7 +154,7 @@ def recipe_tokens(resolved, stage, root: Path) -> tuple[int | None, str]:
     size = sum(p.stat().st_size for p in training_files(resolved, stage, root))
     if not size:
         return None, "no local training data found"
-    return int(size / BYTES_PER_TOKEN), f"estimate: {size:,} bytes of training data / {BYTES_PER_TOKEN} bytes per token"
+    return int(size / BYTES_PER_TOKEN), f"estimate: {size:,} bytes of training data / {BYTES_PER_TOKEN} per token"
 
 
 def training_files(resolved, stage, root: Path) -> list[Path]:

@@ -163,12 +163,23 @@ def presets_dir(root: Path) -> Path:
 
 
 def known_presets(root: Path) -> list[str]:
-    return sorted(p.stem for p in presets_dir(root).glob("*.yaml")
-                  if p.stem not in ("gpus", "gpu-prices", "models", "defaults"))
+    """Preset files: YAML in recipes/presets/ that declare a target `gpu:` (the folder also holds tables)."""
+    import yaml
+
+    out = []
+    for p in presets_dir(root).glob("*.yaml"):
+        try:
+            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("gpu"), dict) and "training" in doc:
+            out.append(p.stem)
+    return sorted(out)
 
 
 def normalise_stages(data: dict) -> list[Stage]:
-    raw = data.get("stages") or ["sft", "merge"]
+    # Default: train, check the result on held-out data (a failed gate stops before merge), then merge.
+    raw = data.get("stages") or ["sft", "eval", "merge"]
     stages = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
@@ -219,7 +230,7 @@ def data_files(data: dict) -> list[tuple[tuple, str]]:
 
 def data_format(data: dict, root: Path) -> str | None:
     """The declared format, or the one detected from the first training file."""
-    if data.get("format"):
+    if data.get("format") in ("alpaca", "chat", "preference"):
         return data["format"]
     train = data.get("train")
     first = train if isinstance(train, str) else (train or [None])[0]
@@ -296,13 +307,24 @@ def load_recipe(name_or_path: str, root: str | Path = ".") -> Recipe:
         raise TunebookError("a recipe must be a YAML mapping (key: value lines)", where=f"{display}:1",
                             fix="Start from recipes/hr-bot.yaml.")
     problems += schema_problems(located, "recipe.schema.json")
-    if problems:
-        # Semantic checks assume the shape is right; report shape problems first.
-        raise RecipeErrors(display, problems)
     data = located.data
-    rec = Recipe(name=data.get("name", path.stem), path=path, root=root, data=data, located=located,
-                 stages=normalise_stages(data))
-    problems = semantic_problems(rec)
+    rec = None
+    try:
+        rec = Recipe(name=data.get("name", path.stem), path=path, root=root, data=data, located=located,
+                     stages=normalise_stages(data))
+        problems += semantic_problems(rec)
+    except (KeyError, TypeError, AttributeError, ValueError, StopIteration):
+        # The shape is wrong somewhere the schema already reported; those messages say what to fix.
+        if not problems:
+            raise
     if problems:
-        raise RecipeErrors(display, problems)
+        problems.sort(key=lambda p: _line_no(p[0]))
+        raise RecipeErrors(display, list(dict.fromkeys(problems)))
     return rec
+
+
+def _line_no(where: str) -> int:
+    try:
+        return int(where.rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return 0

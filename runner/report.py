@@ -82,7 +82,7 @@ def plot_loss(hist: list[dict], stage: str, kind: str, path: Path) -> bool:
             xlabel = xl
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss")
-    ax.set_title(f"{stage} ({kind}): loss")
+    ax.set_title(f"{stage}: loss" if stage == kind else f"{stage} ({kind}): loss")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -122,43 +122,43 @@ def plot_margins(hist: list[dict], stage: str, path: Path) -> bool:
 
 def plot_before_after(m: dict, path: Path) -> bool:
     tuned = m.get("tuned") or {}
-    if not tuned:
-        return False
     base = m.get("base") or {}
     ftasks = ((m.get("forgetting") or {}).get("tasks")) or {}
+    panels = (["held_out"] if tuned else []) + (["forgetting"] if ftasks else [])
+    if not panels:
+        return False
     plt = _plt()
-    ncols = 2 if ftasks else 1
-    fig, axes = plt.subplots(1, ncols, figsize=(7 + 4 * (ncols - 1), 4), dpi=100, squeeze=False,
-                             gridspec_kw={"width_ratios": [max(2, len(tuned)), max(1, len(ftasks))][:ncols]})
-    ax = axes[0][0]
-    names = list(tuned)
-    xs = range(len(names))
+    ratios = [max(2, len(tuned)) if p == "held_out" else max(1, len(ftasks)) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 + 4 * len(panels), 4), dpi=100, squeeze=False,
+                             gridspec_kw={"width_ratios": ratios})
     w = 0.38
-    if base:
-        b = ax.bar([x - w / 2 for x in xs], [base.get(n, 0) for n in names], w, label="base", color="tab:grey")
-        ax.bar_label(b, fmt="%.2f", fontsize=7)
-    t = ax.bar([x + (w / 2 if base else 0) for x in xs], [tuned[n] for n in names], w, label="fine-tuned",
-               color="tab:blue")
-    ax.bar_label(t, fmt="%.2f", fontsize=7)
-    ax.set_xticks(list(xs), names, rotation=20)
-    ax.set_ylim(0, 1.12)
-    ax.set_title(f"held-out ({m.get('held_out', {}).get('rows', '?')} rows)")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    if ftasks:
-        ax = axes[0][1]
-        names = list(ftasks)
-        xs = range(len(names))
-        b = ax.bar([x - w / 2 for x in xs], [ftasks[n]["base"] or 0 for n in names], w, label="base", color="tab:grey")
-        t = ax.bar([x + w / 2 for x in xs], [ftasks[n]["tuned"] for n in names], w, label="fine-tuned",
-                   color="tab:orange")
-        ax.bar_label(b, fmt="%.1f", fontsize=7)
-        ax.bar_label(t, fmt="%.1f", fontsize=7)
-        ax.set_xticks(list(xs), [f"{n}\n(max drop {ftasks[n]['max_drop']:g})" if ftasks[n].get("max_drop") is not None
-                                 else n for n in names], fontsize=8)
-        ax.set_ylim(0, 110)
-        ax.set_ylabel("points")
-        ax.set_title("forgetting (lm-eval)")
+    for ax, panel in zip(axes[0], panels):
+        if panel == "held_out":
+            names = list(tuned)
+            xs = range(len(names))
+            if base:
+                b = ax.bar([x - w / 2 for x in xs], [base.get(n, 0) for n in names], w, label="base", color="tab:grey")
+                ax.bar_label(b, fmt="%.2f", fontsize=7)
+            t = ax.bar([x + (w / 2 if base else 0) for x in xs], [tuned[n] for n in names], w, label="fine-tuned",
+                       color="tab:blue")
+            ax.bar_label(t, fmt="%.2f", fontsize=7)
+            ax.set_xticks(list(xs), names, rotation=20)
+            ax.set_ylim(0, 1.12)
+            ax.set_title(f"held-out ({m.get('held_out', {}).get('rows', '?')} rows)")
+        else:
+            names = list(ftasks)
+            xs = range(len(names))
+            b = ax.bar([x - w / 2 for x in xs], [ftasks[n]["base"] or 0 for n in names], w, label="base",
+                       color="tab:grey")
+            t = ax.bar([x + w / 2 for x in xs], [ftasks[n]["tuned"] for n in names], w, label="fine-tuned",
+                       color="tab:orange")
+            ax.bar_label(b, fmt="%.1f", fontsize=7)
+            ax.bar_label(t, fmt="%.1f", fontsize=7)
+            ax.set_xticks(list(xs), [f"{n}\n(max drop {ftasks[n]['max_drop']:g})"
+                                     if ftasks[n].get("max_drop") is not None else n for n in names], fontsize=8)
+            ax.set_ylim(0, 110)
+            ax.set_ylabel("points")
+            ax.set_title("forgetting (lm-eval)")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle(f"{m.get('recipe', '')}: before / after fine-tuning")
@@ -227,12 +227,15 @@ def _eval_section(name: str, m: dict, preds: list[dict], plot: str | None) -> li
              f"Decoding: {st.get('decoding', 'greedy')}, max {st.get('max_new_tokens')} new tokens, "
              f"{st.get('chat_template', '')} chat template, backend {st.get('backend')} on {st.get('device')}.",
              f"Base model: `{m['models']['base']}`; fine-tuned: `{m['models']['tuned']}`.", ""]
-    base, tuned = m.get("base") or {}, m["tuned"]
-    lines += ["| metric | base | fine-tuned | change |", "|---|---:|---:|---:|"]
-    for k, v in tuned.items():
-        b = base.get(k)
-        lines.append(f"| {k} | {_f(b)} | {_f(v)} | {'–' if b is None else f'{v - b:+.3f}'} |")
-    lines.append("")
+    base, tuned = m.get("base") or {}, m.get("tuned") or {}
+    if tuned:
+        lines += ["| metric | base | fine-tuned | change |", "|---|---:|---:|---:|"]
+        for k, v in tuned.items():
+            b = base.get(k)
+            lines.append(f"| {k} | {_f(b)} | {_f(v)} | {'–' if b is None else f'{v - b:+.3f}'} |")
+        lines.append("")
+    else:
+        lines += ["No held-out rows were evaluated.", ""]
     ft = (m.get("forgetting") or {}).get("tasks") or {}
     if ft:
         lim = m["forgetting"].get("limit")

@@ -32,6 +32,7 @@ TRAINING_TO_AXOLOTL = {
     "save_steps": "save_steps",
     "seed": "seed",
 }
+BATCH_KEYS = ("micro_batch_size", "gradient_accumulation_steps")
 CPU_UNSAFE_OPTIMIZERS = ("8bit", "paged", "adamw_bnb", "lion", "ademamix")
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
 
@@ -173,6 +174,13 @@ def adapt_to_hardware(cfg: Layered, h: hw.Hardware) -> list[str]:
     if plugins != (cfg.values.get("plugins") or []):
         cfg.set("plugins", plugins or None, src, why + ": Liger kernels are Triton (CUDA)")
         changes.append("Liger off")
+    if cfg.values.get("adapter") == "qlora" and str(cfg.sources.get("adapter", ("",))[0]).startswith("preset"):
+        # 4-bit weights save GPU memory; on a CPU they only cost time (measured ~30% slower per step here,
+        # bitsandbytes' fast CPU kernel is not installed). A recipe that asks for qlora itself keeps it.
+        cfg.set("adapter", "lora", src, why + ": 4-bit only saves GPU memory; 16/32-bit LoRA is faster on a CPU")
+        cfg.set("load_in_4bit", False, src, why)
+        cfg.drop("bnb_config_kwargs")
+        changes.append("4-bit QLoRA -> LoRA")
     if cfg.values.get("gradient_checkpointing"):
         cfg.set("gradient_checkpointing", False, src,
                 why + ": system RAM holds the activations; recomputing them would cost ~30% more time")
@@ -235,8 +243,12 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
                 cfg.set("deepspeed", preset["deepspeed_path"], f"preset {preset['name']}",
                         (preset.get("why") or {}).get("deepspeed"))
         block_name = s.name if s.body.get("data") else "main"
-        _apply_training(cfg, {k: v for k, v in derived.items() if not (s.kind in PREFERENCE_KINDS and k in (
-            "epochs", "learning_rate"))}, "derived", derived_why)
+        # Data-driven values (epochs, learning rate, sequence length, packing) beat the preset's generic ones;
+        # the batch shape is the preset's, sized for its GPU, except on a CPU where the data decides it.
+        skip = {"epochs", "learning_rate"} if s.kind in PREFERENCE_KINDS else set()
+        if preset and h.cuda:
+            skip |= {k for k in BATCH_KEYS if k in (preset.get("training") or {})}
+        _apply_training(cfg, {k: v for k, v in derived.items() if k not in skip}, "derived", derived_why)
         _apply_training(cfg, rec.data.get("training") or {}, "recipe")
         if s.kind in PREFERENCE_KINDS:
             # Preference tuning moves a model that already answers well: gentle defaults.
@@ -303,10 +315,8 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
             cfg.set("test_datasets", [{**ds, "path": str(val), "split": "train"}], wiring, vwhy)
             cfg.set("eval_strategy", "epoch", wiring, "evaluate once per epoch")
             cfg.set("save_strategy", "epoch", wiring, "one checkpoint per epoch, so the best can be kept")
-            cfg.set("load_best_model_at_end", True, wiring,
-                    "keep the epoch with the lowest validation loss: more epochs cannot silently overfit")
-            cfg.set("metric_for_best_model", "eval_loss", wiring, "lowest validation loss wins")
-            cfg.set("greater_is_better", False, wiring)
+            cfg.set("save_total_limit", None, wiring,
+                    "keep every epoch's checkpoint: tunebook keeps the best epoch's adapter after training")
             cfg.drop("saves_per_epoch")
             cfg.drop("val_set_size")
             if cfg.values.get("max_steps"):

@@ -75,19 +75,23 @@ def summary(hist: list[dict]) -> dict:
     return out
 
 
-def best_epoch(output_dir: Path) -> dict | None:
-    """Which epoch the Trainer kept (load_best_model_at_end), from the last checkpoint's state."""
+def best_epoch(output_dir: Path, tolerance: float = 0.02) -> dict | None:
+    """The epoch to keep: the latest one whose validation loss is within `tolerance` (relative) of the
+    lowest. Validation loss flattens while a model is still memorising facts, so among epochs that are
+    equally good by it the later one is kept; a real rise (overfitting) loses."""
     states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"),
                     key=lambda p: int(p.parent.name.split("-")[-1]))
     if not states:
         return None
     state = json.loads(states[-1].read_text())
-    best_ck = state.get("best_model_checkpoint")
-    evals = [h for h in state.get("log_history", []) if "eval_loss" in h]
-    if not best_ck or not evals:
+    saved = {int(p.parent.name.split("-")[-1]) for p in states}
+    evals = [h for h in state.get("log_history", []) if "eval_loss" in h and h.get("step") in saved]
+    if not evals:
         return None
-    step = int(Path(best_ck).name.split("-")[-1])
-    at = [h for h in evals if h.get("step") == step] or [min(evals, key=lambda h: h["eval_loss"])]
-    return {"epoch": round(float(at[0].get("epoch", 0)), 2), "step": step, "eval_loss": float(at[0]["eval_loss"]),
+    lowest = min(h["eval_loss"] for h in evals)
+    pick = [h for h in evals if h["eval_loss"] <= lowest * (1 + tolerance)][-1]
+    return {"epoch": round(float(pick.get("epoch", 0)), 2), "step": int(pick["step"]),
+            "checkpoint": f"checkpoint-{int(pick['step'])}", "eval_loss": float(pick["eval_loss"]),
+            "lowest_eval_loss": float(lowest), "tolerance": tolerance,
             "epochs_run": round(float(state.get("epoch", 0)), 2),
             "eval_loss_per_epoch": [round(float(h["eval_loss"]), 4) for h in evals]}

@@ -114,3 +114,12 @@ def test_report_command_regenerates_the_report(proj):
     r = run_cli("report", "gate", cwd=proj)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (run / "report.md").is_file() and "report at runs/gate/report.md" in r.stdout
+
+
+def test_hub_task_offline_fails_clearly_before_generating(proj, smollm2):
+    _set_eval(proj, "  forgetting: {tasks: [gsm8k], max_drop: {gsm8k: 3}}\n", smollm2)
+    r = run_cli("eval", "gate", "--quiet", cwd=proj, env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "dataset of lm-eval task 'gsm8k' isn't available offline" in r.stderr
+    assert "general_knowledge" in r.stderr and "Traceback" not in r.stderr
+    assert "answering" not in r.stderr  # failed before any model generated anything

@@ -11,7 +11,7 @@ from runner.trainlog import summary
 CPU = Hardware(cuda=False, gpu_name=None, gpu_count=0, gpu_memory_gib=None, bf16=False, cpu_cores=2, cpu_name="x")
 
 
-@pytest.mark.parametrize("rows,epochs", [(24, 10), (100, 10), (327, 8), (600, 4), (1200, 3), (5000, 2), (50000, 1)])
+@pytest.mark.parametrize("rows,epochs", [(24, 10), (100, 10), (327, 4), (600, 3), (1200, 3), (5000, 2), (50000, 1)])
 def test_epochs_from_rows(rows, epochs):
     e, why = epochs_for(rows)
     assert e == epochs and str(rows) in why
@@ -19,7 +19,7 @@ def test_epochs_from_rows(rows, epochs):
 
 def test_learning_rate_by_method_and_size():
     assert learning_rate_for("full", 300)[0] == 1.0e-5
-    assert learning_rate_for("lora", 300)[0] == 5.0e-4
+    assert learning_rate_for("lora", 300)[0] == 2.0e-3
     assert learning_rate_for("qlora", 50000)[0] == 2.0e-4
 
 
@@ -37,8 +37,8 @@ def test_derived_from_real_tokenizer(project, smollm2):
     root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\n"}, {"d.jsonl": _rows(300)})
     rec = load_recipe("t", root)
     out, why = derive_defaults(rec, None, CPU, smollm2, None)
-    assert out["epochs"] == 8 and "300 rows" in why["epochs"]
-    assert out["learning_rate"] == 5.0e-4
+    assert out["epochs"] == 4 and "300 rows" in why["epochs"]
+    assert out["learning_rate"] == 2.0e-3
     assert out["sample_packing"] is True and out["micro_batch_size"] == 1
     # ~20 tokens per row with the ChatML template and its injected system prompt: packs of 1024
     assert out["sequence_len"] % 64 == 0 and 128 <= out["sequence_len"] <= 2048
@@ -65,3 +65,15 @@ def test_trained_share_from_trainer_logs():
             {"loss": 1.0, "tokens/trainable": 250, "tokens/total": 1000}]
     s = summary(hist)
     assert s["trained_share"] == 0.25 and s["tokens_total"] == 1000 and s["train_loss_last"] == 1.0
+
+
+def test_preset_batch_shape_kept_on_gpu_derived_on_cpu(project, smollm2):
+    from runner.stages import resolve
+
+    A100 = Hardware(cuda=True, gpu_name="A100", gpu_count=1, gpu_memory_gib=80, bf16=True, cpu_cores=8, cpu_name="x")
+    root = project({"t": f"base_model: {smollm2}\npreset: lora-a100\ndata: {{train: d.jsonl}}\n"}, {"d.jsonl": _rows(300)})
+    gpu = resolve(load_recipe("t", root), A100).stages[0]
+    assert gpu.config["micro_batch_size"] == 4 and gpu.sources["micro_batch_size"][0] == "preset lora-a100"
+    assert gpu.sources["sequence_len"][0] == "derived" and gpu.config["sequence_len"] < 4096
+    cpu = resolve(load_recipe("t", root), CPU).stages[0]
+    assert cpu.config["micro_batch_size"] == 1 and cpu.sources["micro_batch_size"][0] == "derived"

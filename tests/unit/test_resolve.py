@@ -61,7 +61,7 @@ stages:
 
 
 def test_cpu_adaptation(project):
-    res = _res(project, BASE.format(preset="qlora-t4"), CPU)
+    res = _res(project, BASE.format(preset="qlora-t4") + "training: {method: qlora}\n", CPU)
     sft = res.stages[0]
     assert sft.config["fp16"] is False and sft.config["bf16"] is False
     assert sft.config["optimizer"] == "adamw_torch"
@@ -70,7 +70,7 @@ def test_cpu_adaptation(project):
         assert sft.config[k] is False
     assert sft.config["load_in_4bit"] is True  # bitsandbytes 4-bit runs on CPU
     assert sft.config["bnb_config_kwargs"]["bnb_4bit_compute_dtype"] == "float32"
-    assert any("adapted to this machine" in n and "paged_adamw_8bit -> adamw_torch" in n for n in res.notes)
+    assert any("adapted the preset to this machine" in n and "paged_adamw_8bit -> adamw_torch" in n for n in res.notes)
 
 
 def test_full_ft_multigpu_deepspeed(project, repo_root):
@@ -123,3 +123,13 @@ def test_axolotl_rejects_bad_raw_key(project):
     res = _res(project, BASE.format(preset="lora-a100") + "axolotl: {lora_dropout: lots}\n", A100)
     problems = check_config(res.stages[0].config)
     assert problems and any("lora_dropout" in p for p in problems)
+
+
+def test_cpu_turns_preset_qlora_into_lora(project):
+    res = _res(project, BASE.format(preset="qlora-t4"), CPU)
+    sft = res.stages[0]
+    assert sft.config["adapter"] == "lora" and sft.config["load_in_4bit"] is False
+    assert "bnb_config_kwargs" not in sft.config
+    assert "4-bit QLoRA -> LoRA" in res.notes[0]
+    # On the T4 the preset keeps 4-bit.
+    assert _res(project, BASE.format(preset="qlora-t4"), T4).stages[0].config["load_in_4bit"] is True

@@ -757,7 +757,7 @@ FACTS = [
     ),
     dict(
         id="volunteer_days", topic="Volunteer days", value="2 paid days per year",
-        key=r"\b(2|two) (paid )?volunteer(ing)? days",
+        key=r"\b(2|two)\b[^.]{0,25}\bdays?\b",
         questions=[
             "Do we get volunteer days?",
             "How many paid volunteering days are there?",

@@ -1,0 +1,74 @@
+"""`make train` on the CI recipe and the 4-bit QLoRA path, on the real SmolLM2 with real Axolotl (CPU)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+import yaml
+
+from conftest import REPO, make_project, run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+def _generate(model_dir, question="How many days of annual leave do I get?") -> str:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    enc = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    return tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_make_train_ci_recipe(tmp_path, smollm2):
+    runs = tmp_path / "runs"
+    env = {**os.environ, "TUNEBOOK_RUNS": str(runs)}
+    r = subprocess.run(["make", "train", "RECIPE=ci-mini"], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=1200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "recipes/ci-mini.yaml: OK" in r.stdout
+    assert "merge: merged model at" in r.stdout
+    run = runs / "ci-mini"
+    adapter = run / "sft" / "output"
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 100_000
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["r"] == 16 and cfg["peft_type"] == "LORA"
+    m = json.loads((run / "manifest.json").read_text())["stages"]["sft"]["metrics"]
+    assert m["train_loss_last"] < m["train_loss_first"], m
+    # The log Axolotl wrote is kept beside the config tunebook resolved for it.
+    assert (run / "sft" / "train.log").stat().st_size > 0
+    assert yaml.safe_load((run / "sft" / "axolotl.yaml").read_text())["adapter"] == "lora"
+    merged = run / "merge" / "merged"
+    # The merged model carries the chat template it was trained with (no injected system prompt).
+    assert "SmolLM" not in (merged / "chat_template.jinja").read_text()
+    assert len(_generate(merged).strip()) > 0
+
+
+QLORA = """\
+base_model: {model}
+preset: qlora-t4
+data: {{train: data/train.jsonl, format: alpaca}}
+training: {{method: qlora, max_steps: 3, micro_batch_size: 4, sequence_len: 256}}
+stages: [sft, merge]
+"""
+
+
+def test_qlora_preset_on_cpu(tmp_path, smollm2):
+    data = REPO / "recipes" / "data" / "ci-mini" / "train.jsonl"
+    root = make_project(tmp_path, {"q": QLORA.format(model=smollm2)}, {"data/train.jsonl": data.read_text()})
+    r = run_cli("train", "q", "--quiet", cwd=root)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "adapted the preset to this machine (no CUDA GPU): fp16 off, optimizer paged_adamw_8bit -> adamw_torch" in r.stderr
+    cfg = yaml.safe_load((root / "runs/q/sft/axolotl.yaml").read_text())
+    assert cfg["adapter"] == "qlora" and cfg["load_in_4bit"] is True
+    assert cfg["bnb_config_kwargs"]["bnb_4bit_use_double_quant"] is True
+    log = (root / "runs/q/sft/train.log").read_text()
+    assert "Linear4bit" in log or "4bit" in log.lower()
+    assert (root / "runs/q/sft/output/adapter_model.safetensors").is_file()
+    merged = root / "runs/q/merge/merged"
+    assert json.loads((merged / "config.json").read_text()).get("quantization_config") is None
+    assert len(_generate(merged).strip()) > 0
