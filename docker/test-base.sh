@@ -6,7 +6,7 @@
 #   docker/test-base.sh [SUITE] [IMAGE]      # defaults: bookworm localhost/tunebook-test-base
 #
 # Env: TUNEBOOK_BASE_CACHE (default /var/tmp/tunebook-base), DEBIAN_MIRROR (default http://deb.debian.org/debian),
-# TUNEBOOK_CPU_LOCK (default /tmp/tunebook-cpu.lock; empty: no lock) taken around debootstrap.
+# TUNEBOOK_CPU_LOCK (a lock file taken around debootstrap; default: none).
 # Needs root, debootstrap and buildah. Prints the image name on success.
 set -euo pipefail
 SUITE=${1:-bookworm}
@@ -22,7 +22,7 @@ if [ ! -s "$TARBALL" ]; then
   trap 'rm -rf "$ROOTFS"' EXIT
   echo "test-base: debootstrap $SUITE (minbase + $PACKAGES) into $ROOTFS" >&2
   # debootstrap is the one heavy step: it takes the shared CPU lock when there is one (TUNEBOOK_CPU_LOCK).
-  LOCK=${TUNEBOOK_CPU_LOCK-/tmp/tunebook-cpu.lock}
+  LOCK=${TUNEBOOK_CPU_LOCK:-}
   WRAP=()
   if [ -n "$LOCK" ] && command -v flock >/dev/null; then WRAP=(flock "$LOCK"); fi
   "${WRAP[@]}" debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR" >&2

@@ -85,7 +85,8 @@ def merge_adapter(stage: ResolvedStage, config: dict, dest: Path, env: dict, qui
     """axolotl merge-lora into a temp folder, then one rename to `dest` (never a half-written model)."""
     tmp = dest.parent / f".{dest.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    cfg = {**config, "output_dir": str(tmp), "load_in_4bit": False, "load_in_8bit": False}
+    # load_in_4bit stays as trained: `axolotl merge-lora` itself loads the base in 16 bits to merge into.
+    cfg = {**config, "output_dir": str(tmp)}
     cfg.setdefault("lora_model_dir", str(stage.output_dir))
     path = write_config(stage, cfg, "merge.yaml" if stage.kind != "merge" else "axolotl.yaml")
     run_logged(axolotl_cmd("merge-lora", str(path)), stage.run_dir / "train.log", stage.name, env, quiet)

@@ -271,8 +271,6 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
             cfg = Layered(values=copy.deepcopy(up.config), sources=dict(up.sources))
             cfg.set("lora_model_dir", str(up.output_dir), wiring, f"the adapter trained by stage {up.name}")
             cfg.set("output_dir", str(sdir), wiring, "merge-lora writes <output_dir>/merged")
-            for k in ("load_in_4bit", "load_in_8bit"):
-                cfg.set(k, False, wiring, "merge into 16-bit weights, never into quantised ones")
             rs = ResolvedStage(s.name, s.kind, s.index, None, cfg.sources, sdir, up.data_block, up.name)
             rs.config = cfg.values
             res.stages.append(rs)
@@ -321,7 +319,9 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
             cfg.drop("val_set_size")
             if cfg.values.get("max_steps"):
                 cfg.drop("save_steps")
-        if cfg.values.get("max_steps") and cfg.values.get("saves_per_epoch"):
+        if cfg.values.get("save_steps") and cfg.values.get("saves_per_epoch"):
+            cfg.drop("saves_per_epoch")  # the recipe chose its own checkpoint interval
+        elif cfg.values.get("max_steps") and cfg.values.get("saves_per_epoch"):
             cfg.drop("saves_per_epoch")
             cfg.set("save_steps", max(1, int(cfg.values["max_steps"]) // 2), wiring,
                     "max_steps is set: checkpoint halfway and at the end")

@@ -133,3 +133,12 @@ def test_cpu_turns_preset_qlora_into_lora(project):
     assert "4-bit QLoRA -> LoRA" in res.notes[0]
     # On the T4 the preset keeps 4-bit.
     assert _res(project, BASE.format(preset="qlora-t4"), T4).stages[0].config["load_in_4bit"] is True
+
+
+def test_checkpoint_interval(project):
+    own = _res(project, BASE.format(preset="lora-a100") + "training: {max_steps: 8, save_steps: 2}\n", A100).stages[0]
+    assert own.config["save_steps"] == 2 and "saves_per_epoch" not in own.config
+    auto = _res(project, BASE.format(preset="lora-a100") + "training: {max_steps: 8}\n", A100).stages[0]
+    assert auto.config["save_steps"] == 4 and auto.config["auto_resume_from_checkpoints"] is True
+    default = _res(project, BASE.format(preset="lora-a100"), A100).stages[0]
+    assert default.config["saves_per_epoch"] == 2
