@@ -103,7 +103,7 @@ def describe_schema_error(err) -> tuple[tuple, str]:
                                f" Allowed here: {', '.join(allowed)}")
     if v == "propertyNames":
         key = next(iter(inst)) if isinstance(inst, dict) and inst else inst
-        kinds = sch.get("propertyNames", {}).get("enum") or ["sft", "dpo", "orpo", "kto", "merge", "eval"]
+        kinds = sch.get("propertyNames", {}).get("enum") or ["sft", "dpo", "merge", "eval"]
         return path + (key,), f"unknown stage '{key}'{_did_you_mean(key, kinds)} Stages are: {', '.join(kinds)}"
     if v == "required":
         missing = [k for k in sch["required"] if k not in inst]
