@@ -16,13 +16,13 @@ import io
 import json
 import os
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
 from .errors import TunebookError
+from .fsutil import atomic_open
 from .lock import refuse_if_gate_failed
 
 FORMATS = ("adapter", "merged")
@@ -178,24 +178,14 @@ def export(name: str, root: Path, fmt: str) -> Path:
     card = model_card(res, fmt, st, manifest, lock, eval_results(run_root))
     top = f"{name}-{fmt}"
     dest = run_root / "export" / f"{top}.tar.gz"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     now = time.time()
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with tarfile.open(fileobj=fh, mode="w:gz", compresslevel=3) as tar:
-                for rel in model_files(src):
-                    tar.add(src / rel, arcname=f"{top}/{rel.as_posix()}", recursive=False)
-                _add_bytes(tar, f"{top}/README.md", card.encode(), now)
-                _add_bytes(tar, f"{top}/recipe.yaml", res.recipe.path.read_bytes(), res.recipe.path.stat().st_mtime)
-                _add_bytes(tar, f"{top}/tunebook.lock", lock_path.read_bytes(), lock_path.stat().st_mtime)
-                if manifest:
-                    _add_bytes(tar, f"{top}/manifest.json", (run_root / "manifest.json").read_bytes(), now)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_open(dest, "wb") as fh:
+        with tarfile.open(fileobj=fh, mode="w:gz", compresslevel=3) as tar:
+            for rel in model_files(src):
+                tar.add(src / rel, arcname=f"{top}/{rel.as_posix()}", recursive=False)
+            _add_bytes(tar, f"{top}/README.md", card.encode(), now)
+            _add_bytes(tar, f"{top}/recipe.yaml", res.recipe.path.read_bytes(), res.recipe.path.stat().st_mtime)
+            _add_bytes(tar, f"{top}/tunebook.lock", lock_path.read_bytes(), lock_path.stat().st_mtime)
+            if manifest:
+                _add_bytes(tar, f"{top}/manifest.json", (run_root / "manifest.json").read_bytes(), now)
     return dest
