@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import os
 import re
 import shutil
 import sys
@@ -64,8 +66,10 @@ def outputs_hash(stage: ResolvedStage) -> str | None:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
-    cks = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
-    return max(cks, key=lambda p: int(p.name.split("-")[-1])) if cks else None
+    from .trainlog import checkpoints
+
+    cks = checkpoints(output_dir)
+    return cks[-1] if cks else None
 
 
 def write_config(stage: ResolvedStage, config: dict, name: str = "axolotl.yaml") -> Path:
@@ -262,13 +266,12 @@ class Pipeline:
         best = trainlog.best_epoch(st.output_dir) if st.config.get("test_datasets") else None
         if best:
             ck = st.output_dir / best["checkpoint"]
-            last = max(st.output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-            if ck != last:
+            if ck != latest_checkpoint(st.output_dir):
                 # The final save is the last epoch's; put the chosen epoch's weights in its place.
                 for f in ck.iterdir():
                     if f.is_file() and f.name.startswith(("adapter_", "model")) and MODEL_FILES.search(f.name):
                         shutil.copy2(f, st.output_dir / f.name)
-            atomic_write_text(st.run_dir / "best_epoch.json", __import__("json").dumps(best, indent=2) + "\n")
+            atomic_write_text(st.run_dir / "best_epoch.json", json.dumps(best, indent=2) + "\n")
             say(f"{st.name}: kept epoch {best['epoch']:g} of {best['epochs_run']:g} "
                 f"(validation loss {best['eval_loss']:.4f}, lowest {best['lowest_eval_loss']:.4f}; per epoch: "
                 + ", ".join(f"{x:.3f}" for x in best["eval_loss_per_epoch"]) + ")")
@@ -292,6 +295,6 @@ class Pipeline:
         tracking = self.res.data.get("tracking", "none")
         if tracking == "wandb":
             return {"WANDB_RUN_GROUP": self.res.recipe.name, "WANDB_JOB_TYPE": st.name,
-                    "WANDB_MODE": __import__("os").environ.get("WANDB_MODE", "offline"),
+                    "WANDB_MODE": os.environ.get("WANDB_MODE", "offline"),
                     "WANDB_DIR": str(self.res.run_root)}
         return {"WANDB_MODE": "disabled"} if tracking == "none" else {}

@@ -31,10 +31,19 @@ def from_log(log: Path) -> list[dict]:
     return out
 
 
+def checkpoints(output_dir: Path) -> list[Path]:
+    """The Trainer's checkpoint-N folders in an output dir, oldest step first."""
+    cks = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(cks, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _states(output_dir: Path) -> list[Path]:
+    return [c / "trainer_state.json" for c in checkpoints(output_dir) if (c / "trainer_state.json").is_file()]
+
+
 def from_trainer_state(output_dir: Path) -> list[dict]:
     """log_history of the latest checkpoint's trainer_state.json."""
-    states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"),
-                    key=lambda p: int(p.parent.name.split("-")[-1]))
+    states = _states(output_dir)
     if not states:
         return []
     return json.loads(states[-1].read_text()).get("log_history", [])
@@ -79,8 +88,7 @@ def best_epoch(output_dir: Path, tolerance: float = 0.02) -> dict | None:
     """The epoch to keep: the latest one whose validation loss is within `tolerance` (relative) of the
     lowest. Validation loss flattens while a model is still memorising facts, so among epochs that are
     equally good by it the later one is kept; a real rise (overfitting) loses."""
-    states = sorted(output_dir.glob("checkpoint-*/trainer_state.json"),
-                    key=lambda p: int(p.parent.name.split("-")[-1]))
+    states = _states(output_dir)
     if not states:
         return None
     state = json.loads(states[-1].read_text())
