@@ -55,31 +55,32 @@ def round_seq(n: int) -> int:
 
 
 def token_lengths(rec: Recipe, block: dict, model_dir, chat_template: str | None) -> list[int]:
-    """Token count of each training row as the model sees it (chat template applied)."""
+    """Token count of each training row as the model sees it (chat template applied), counted the way the
+    data check counts them (`runner.tokens`)."""
     from transformers import AutoTokenizer
 
     from .dataprep import read_jsonl, to_messages
+    from .tokens import count_tokens
 
     fmt = data_format(block, rec.root)
     if fmt not in ("alpaca", "chat"):
         return []
     tok = AutoTokenizer.from_pretrained(model_dir)
     files = block["train"] if isinstance(block["train"], list) else [block["train"]]
-    lengths = []
+    convs = []
     for f in files:
         for _, row in read_jsonl(rec.resolve_path(f), f):
             try:
-                msgs = to_messages(row, fmt, rec.data.get("system_prompt"))["messages"]
+                convs.append(to_messages(row, fmt, rec.data.get("system_prompt"))["messages"])
             except (KeyError, TypeError):
                 continue  # the data check reports malformed rows
-            text = tok.apply_chat_template(msgs, tokenize=False, chat_template=chat_template)
-            lengths.append(len(tok(text, add_special_tokens=False)["input_ids"]))
-    return lengths
+    return count_tokens(tok, convs, chat_template)
 
 
 def percentile(values: list[int], q: float) -> int:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
+    from .tokens import percentile as sorted_percentile
+
+    return sorted_percentile(sorted(values), q)
 
 
 def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=None,
