@@ -77,3 +77,38 @@ def test_preset_batch_shape_kept_on_gpu_derived_on_cpu(project, smollm2):
     assert gpu.sources["sequence_len"][0] == "derived" and gpu.config["sequence_len"] < 4096
     cpu = resolve(load_recipe("t", root), CPU).stages[0]
     assert cpu.config["micro_batch_size"] == 1 and cpu.sources["micro_batch_size"][0] == "derived"
+
+
+def test_small_fact_set_gets_no_accumulation_and_no_dropout(project, smollm2):
+    root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\n"}, {"d.jsonl": _rows(300, 40)})
+    out, why = derive_defaults(load_recipe("t", root), None, CPU, smollm2, None)
+    packs = int(why["gradient_accumulation_steps"].split("≈ ")[1].split()[0])
+    assert packs >= 64  # enough packs that a large set would accumulate
+    assert out["gradient_accumulation_steps"] == 1 and "learns per step" in why["gradient_accumulation_steps"]
+    assert out["lora"] == {"dropout": 0.0} and "300 rows" in why["lora_dropout"]
+
+
+def test_large_set_accumulates_and_keeps_dropout(project, smollm2):
+    root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\n"}, {"d.jsonl": _rows(2500, 20)})
+    out, why = derive_defaults(load_recipe("t", root), None, CPU, smollm2, None)
+    assert out["gradient_accumulation_steps"] == 2 and "lora" not in out and "lora_dropout" not in why
+
+
+def test_full_fine_tune_derives_no_adapter_dropout(project, smollm2):
+    root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\ntraining: {{method: full}}\nstages: [sft]\n"},
+                   {"d.jsonl": _rows(300)})
+    out, _ = derive_defaults(load_recipe("t", root), None, CPU, smollm2, None)
+    assert "lora" not in out and out["learning_rate"] == 1.0e-5
+
+
+def test_derived_dropout_beats_the_preset_and_the_recipe_beats_both(project, smollm2):
+    from runner.stages import resolve
+
+    root = project({"a": f"base_model: {smollm2}\npreset: qlora-t4\ndata: {{train: d.jsonl}}\n",
+                    "b": f"base_model: {smollm2}\npreset: qlora-t4\ndata: {{train: d.jsonl}}\n"
+                         "training: {lora: {dropout: 0.1}}\n"}, {"d.jsonl": _rows(300)})
+    a = resolve(load_recipe("a", root), CPU).stages[0]
+    assert a.config["lora_dropout"] == 0.0 and a.sources["lora_dropout"][0] == "derived"
+    assert "small fact set" in a.sources["lora_dropout"][1]
+    b = resolve(load_recipe("b", root), CPU).stages[0]
+    assert b.config["lora_dropout"] == 0.1 and b.sources["lora_dropout"][0] == "recipe"
