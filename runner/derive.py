@@ -6,11 +6,10 @@ every one is overridden by a value written in the recipe (or its stage).
 """
 from __future__ import annotations
 
-import json
 import math
 
 from . import hardware as hw
-from .recipe import PREFERENCE_KINDS, Recipe, data_format
+from .recipe import Recipe, data_format
 
 SMALL_DATA_ROWS = 2000   # below this, a dataset is a "fact set": several epochs are needed to learn it
 MIN_SEQ, SEQ_STEP = 128, 64
@@ -117,8 +116,8 @@ def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=
             total = sum(lengths)
             packs = max(1, math.ceil(total / pack))
             out["micro_batch_size"], why["micro_batch_size"] = 1, "packed: one long sequence per step and device"
-            # A small fact set learns per optimizer step (hr-bot: accumulating 2 packs cost 7-11 points of
-            # held-out accuracy at equal compute, docs/quality.md); large sets can afford smoother steps.
+            # A small fact set learns per optimizer step (hr-bot: accumulating 2 packs cost 6.7 points of held-out
+            # accuracy at equal compute, docs/quality.md); large sets can afford smoother steps.
             accum = 1 if rows < SMALL_DATA_ROWS or packs < 64 else 2
             out["gradient_accumulation_steps"], why["gradient_accumulation_steps"] = accum, (
                 f"{total} tokens per epoch ≈ {packs} packed sequences: "
@@ -128,12 +127,12 @@ def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=
         else:
             out["sequence_len"], why["sequence_len"] = seq, f"{why_seq}; longer rows are truncated"
     if trains_sft and rows and rows < SMALL_DATA_ROWS and method in ("lora", "qlora"):
-        # Measured on this CPU (docs/quality.md): dropout's random masks are ~11% of a LoRA step, and a fact
-        # set is meant to be memorised, so the regularisation only slows learning; the validation split and
+        # Measured on the development CPU (docs/quality.md): dropout's random masks are ~11% of a LoRA step.
+        # A fact set is meant to be memorised, which dropout regularises against; the validation split and
         # the best-epoch choice guard against overfitting instead.
         out["lora"] = {"dropout": 0.0}
-        why["lora_dropout"] = (f"{rows} rows, a small fact set to memorise: no adapter dropout (it slows learning, "
-                               "and on a CPU costs ~11% of each step); the best epoch guards against overfitting")
+        why["lora_dropout"] = (f"{rows} rows, a small fact set to memorise: no adapter dropout (it regularises "
+                               "against memorising, and on a CPU costs ~11% of each step); the best epoch guards against overfitting")
     if trains_sft and rows and rows < SMALL_DATA_ROWS and "validation_fraction" not in block and rows >= 100:
         out["_validation_fraction"] = 0.1
         why["_validation_fraction"] = (f"{rows} rows: 10% carved out to pick the best epoch "

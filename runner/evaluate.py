@@ -77,6 +77,16 @@ def eval_settings(res) -> dict:
     return out
 
 
+def metrics_for(res, settings: dict, rows: list[dict]) -> list[str]:
+    """The metrics to score: the recipe's list, or the defaults plus `contains` when the held-out rows name
+    their key fact (they are asking to be scored on it)."""
+    metrics = list(settings["metrics"])
+    if not (res.data.get("eval") or {}).get("metrics") and "contains" not in metrics \
+            and any(r.get("key_fact") for r in rows):
+        metrics.append("contains")
+    return metrics
+
+
 def _where(res, *keys) -> str:
     try:
         return res.recipe.where(*keys)
@@ -368,7 +378,7 @@ def run_eval_stage(res, stage, quiet: bool = False) -> dict:
     if not effective_template:
         raise TunebookError(f"the tokenizer of {base.path} has no chat template",
                             fix="Set one in the recipe: axolotl: {chat_template: chatml}")
-    metric_names = settings["metrics"]
+    metric_names = settings["metrics"] = metrics_for(res, settings, rows)
     stage.run_dir.mkdir(parents=True, exist_ok=True)
     cache_dir = res.run_root / "eval"
     backend = backend_name()

@@ -7,6 +7,7 @@ datasets) is tunebook's and comes after everything but the raw `axolotl:` blocks
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,7 +314,10 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
             cfg.set("test_datasets", [{**ds, "path": str(val), "split": "train"}], wiring, vwhy)
             cfg.set("eval_strategy", "epoch", wiring, "evaluate once per epoch")
             cfg.set("save_strategy", "epoch", wiring, "one checkpoint per epoch, so the best can be kept")
-            cfg.set("save_total_limit", None, wiring,
+            # Axolotl turns an unset limit into 4, which would delete early epochs before the choice is made;
+            # one more than the epochs covers the partial last step Axolotl's packing estimate can add.
+            keep = math.ceil(float(cfg.values.get("num_epochs") or 1)) + 1
+            cfg.set("save_total_limit", max(4, keep), wiring,
                     "keep every epoch's checkpoint: tunebook keeps the best epoch's adapter after training")
             cfg.drop("saves_per_epoch")
             cfg.drop("val_set_size")

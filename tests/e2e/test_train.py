@@ -95,7 +95,7 @@ def test_derived_defaults_pack_report_trained_share_and_keep_an_epoch(tmp_path, 
     assert cfg["sample_packing"] is True and cfg["micro_batch_size"] == 1
     assert cfg["sequence_len"] == 128 and cfg["gradient_accumulation_steps"] == 1 and cfg["lora_dropout"] == 0.0
     assert cfg["num_epochs"] == 2  # the recipe's value beats the derived 10
-    assert "SmolLM" not in cfg["chat_template_jinja"] and cfg["special_tokens"]["eos_token"] == "<|im_end|>"
+    assert "SmolLM" not in cfg["chat_template_jinja"] and cfg["eot_tokens"] == ["<|im_end|>"]
     # ~10% of the 120 rows (fewer if near-duplicates were dropped) became the validation split.
     n_val = sum(1 for _ in open(run / "data" / "main" / "validation.jsonl"))
     n_train = sum(1 for _ in open(run / "data" / "main" / "train.jsonl"))

@@ -112,3 +112,15 @@ def test_derived_dropout_beats_the_preset_and_the_recipe_beats_both(project, smo
     assert "small fact set" in a.sources["lora_dropout"][1]
     b = resolve(load_recipe("b", root), CPU).stages[0]
     assert b.config["lora_dropout"] == 0.1 and b.sources["lora_dropout"][0] == "recipe"
+
+
+@pytest.mark.parametrize("epochs,keep", [(2, 4), (4, 5), (8, 9)])
+def test_every_epoch_checkpoint_is_kept_for_the_best_epoch_choice(project, smollm2, epochs, keep):
+    from runner.stages import resolve
+
+    root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\ntraining: {{epochs: {epochs}}}\n"},
+                   {"d.jsonl": _rows(300)})
+    st = resolve(load_recipe("t", root), CPU).stages[0]
+    # Axolotl replaces an unset limit with 4, which would delete the early epochs before the choice.
+    assert st.config["save_strategy"] == "epoch" and st.config["save_total_limit"] == keep
+    assert st.config["test_datasets"][0]["path"].endswith("validation.jsonl")

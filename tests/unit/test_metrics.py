@@ -108,3 +108,18 @@ def test_score_and_aggregate():
     assert agg == {"exact_match": 0.5, "f1": 0.5, "contains": 0.5, "stops": 0.5}
     with pytest.raises(ValueError):
         mx.score("x", "y", ["bleu"])
+
+
+def test_key_facts_in_held_out_rows_add_contains_to_the_default_metrics():
+    from types import SimpleNamespace
+
+    from runner.evaluate import DEFAULT_METRICS, metrics_for
+
+    rows = [{"id": "a", "key_fact": r"\b27\b"}, {"id": "b", "key_fact": None}]
+    defaults = {"metrics": list(DEFAULT_METRICS)}
+    no_eval = SimpleNamespace(data={})
+    assert metrics_for(no_eval, defaults, rows) == [*DEFAULT_METRICS, "contains"]
+    assert metrics_for(no_eval, defaults, [{"id": "a", "key_fact": None}]) == list(DEFAULT_METRICS)
+    # A recipe that lists its metrics gets exactly those.
+    chosen = SimpleNamespace(data={"eval": {"metrics": ["f1"]}})
+    assert metrics_for(chosen, {"metrics": ["f1"]}, rows) == ["f1"]
