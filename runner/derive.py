@@ -132,7 +132,8 @@ def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=
         # the best-epoch choice guard against overfitting instead.
         out["lora"] = {"dropout": 0.0}
         why["lora_dropout"] = (f"{rows} rows, a small fact set to memorise: no adapter dropout (it regularises "
-                               "against memorising, and on a CPU costs ~11% of each step); the best epoch guards against overfitting")
+                               "against memorising, and on a CPU costs ~11% of each step); the best epoch "
+                               "guards against overfitting")
     if trains_sft and rows and rows < SMALL_DATA_ROWS and "validation_fraction" not in block and rows >= 100:
         out["_validation_fraction"] = 0.1
         why["_validation_fraction"] = (f"{rows} rows: 10% carved out to pick the best epoch "

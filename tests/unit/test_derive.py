@@ -95,8 +95,8 @@ def test_large_set_accumulates_and_keeps_dropout(project, smollm2):
 
 
 def test_full_fine_tune_derives_no_adapter_dropout(project, smollm2):
-    root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\ntraining: {{method: full}}\nstages: [sft]\n"},
-                   {"d.jsonl": _rows(300)})
+    recipe = f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\ntraining: {{method: full}}\nstages: [sft]\n"
+    root = project({"t": recipe}, {"d.jsonl": _rows(300)})
     out, _ = derive_defaults(load_recipe("t", root), None, CPU, smollm2, None)
     assert "lora" not in out and out["learning_rate"] == 1.0e-5
 
