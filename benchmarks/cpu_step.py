@@ -14,12 +14,16 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from runner import hardware  # noqa: E402
+from runner.fsutil import atomic_write_text  # noqa: E402
+
 MODEL = ROOT / ".cache" / "models" / "smollm2-135m-instruct"
 MLP = ["gate_proj", "up_proj", "down_proj"]
 VARIANTS = {
@@ -61,23 +65,20 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    os.environ.setdefault("OMP_NUM_THREADS", str(hardware.cpu_cores()))
     import torch
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     flags = next((l for l in open("/proc/cpuinfo") if l.startswith("flags")), "").split()
     out = {"date": datetime.date.today().isoformat(), "command": " ".join(["benchmarks/cpu_step.py", *sys.argv[1:]]),
-           "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),
-                       platform.processor()),
+           "cpu": hardware.detect().cpu_name,
            "threads": torch.get_num_threads(), "avx512_bf16": "avx512_bf16" in flags, "torch": torch.__version__,
            "seq": 128, "seconds_per_step": {}}
     for v in args.variants.split(","):
         out["seconds_per_step"][v] = round(step_time(v, args.steps), 3)
         print(f"{v}: {out['seconds_per_step'][v]:.3f} s/step", file=sys.stderr, flush=True)
     dest = ROOT / "benchmarks" / "results" / f"cpu-step-{out['date']}.json"
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    tmp.rename(dest)
+    atomic_write_text(dest, json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return 0
 

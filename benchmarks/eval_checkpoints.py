@@ -12,7 +12,6 @@ Writes <stage dir>/held_out_by_checkpoint.json.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -20,8 +19,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import yaml  # noqa: E402
 
+from runner import metrics as mx  # noqa: E402
 from runner import trainlog  # noqa: E402
-from runner.generate import ModelSpec, generate  # noqa: E402
+from runner.evaluate import chat_template  # noqa: E402
+from runner.fsutil import atomic_write_text  # noqa: E402
+from runner.generate import ModelSpec, generate, load_tokenizer  # noqa: E402
 
 
 def main() -> int:
@@ -33,22 +35,20 @@ def main() -> int:
     convs = [[{"role": "user", "content": r["instruction"]}] for r in held]
     names = sys.argv[3:] or [c.name for c in trainlog.checkpoints(stage / "output")]
     tokenizer = str(stage / "output") if (stage / "output" / "tokenizer.json").is_file() else cfg["base_model"]
+    template = chat_template(cfg, load_tokenizer(ModelSpec(cfg["base_model"])))
     results = {}
     for name in names:
         ck = stage / "output" / name
         spec = (ModelSpec(cfg["base_model"], adapter=str(ck), label=name) if (ck / "adapter_config.json").is_file()
                 else ModelSpec(str(ck), tokenizer=tokenizer, label=name))
-        preds, _ = generate(spec, convs, cfg.get("chat_template_jinja"), 64, 16, quiet=True)
-        ok = [bool(re.search(r["key_fact"], p["text"], re.I)) for r, p in zip(held, preds)]
+        preds, _ = generate(spec, convs, template, 64, 16, quiet=True)
+        ok = [mx.contains(p["text"], r["output"], r.get("key_fact")) == 1.0 for r, p in zip(held, preds)]
         results[name] = {"contains": round(sum(ok) / len(ok), 4), "correct": sum(ok), "rows": len(ok),
                          "stops": round(sum(p["stopped"] for p in preds) / len(preds), 4),
                          "wrong": {r["id"]: p["text"] for r, p, o in zip(held, preds, ok) if not o}}
         print(f"{name}: contains {sum(ok)}/{len(ok)} = {results[name]['contains']:.3f}, "
               f"stops {results[name]['stops']:.0%}", flush=True)
-    dest = stage / "held_out_by_checkpoint.json"
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2) + "\n")
-    tmp.rename(dest)
+    atomic_write_text(stage / "held_out_by_checkpoint.json", json.dumps(results, indent=2) + "\n")
     return 0
 
 
