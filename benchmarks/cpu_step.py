@@ -2,9 +2,11 @@
 """Seconds per training step of SmolLM2-135M on this CPU, per adapter setting: what the CPU defaults rest on.
 
 One step = forward + backward + AdamW on one packed sequence of 128 tokens (half of them labelled, as in the
-hr-bot packs), fp32, sdpa, OMP_NUM_THREADS = cores. Variants: LoRA r16 on all seven projections with and
-without dropout, LoRA on the MLP projections only, LoRA r64, and a full fine-tune (embeddings frozen).
-Prints a JSON object and writes it to benchmarks/results/cpu-step-<date>.json.
+hr-bot packs), fp32 unless the variant says otherwise, sdpa, OMP_NUM_THREADS = cores. Variants: LoRA r16 on
+all seven projections with and without dropout, LoRA on the MLP projections only, LoRA r64, a full fine-tune
+(embeddings frozen), and LoRA with bf16 base weights or under bf16 autocast (fast only where the CPU has AVX-512
+BF16).
+Prints a JSON object and writes it to benchmarks/results/cpu-step-<date>-<avx2|avx512bf16>.json.
 
 Usage: .venv/bin/python benchmarks/cpu_step.py [--steps 4] [--variants all-linear,all-linear-dropout,...]
 """
@@ -32,6 +34,10 @@ VARIANTS = {
     "mlp-only": dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=MLP),
     "all-linear-r64": dict(r=64, lora_alpha=128, lora_dropout=0.0, target_modules="all-linear"),
     "full": None,
+    # Same as all-linear, with the base weights in bf16 (peft keeps the adapter in fp32), and with fp32
+    # weights under bf16 autocast (what transformers' Trainer does for `bf16: true` on a CPU).
+    "all-linear-bf16": dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
+    "all-linear-autocast": dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
 }
 
 
@@ -41,7 +47,8 @@ def step_time(variant: str, steps: int, warmup: int = 3, seq: int = 128) -> floa
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=torch.float32, attn_implementation="sdpa")
+    dtype = torch.bfloat16 if variant.endswith("-bf16") else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=dtype, attn_implementation="sdpa")
     if VARIANTS[variant] is None:
         model.get_input_embeddings().weight.requires_grad_(False)  # tied to lm_head in SmolLM2
     else:
@@ -53,7 +60,9 @@ def step_time(variant: str, steps: int, warmup: int = 3, seq: int = 128) -> floa
     times = []
     for _ in range(warmup + steps):
         t = time.perf_counter()
-        model(input_ids=ids, labels=labels).loss.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.endswith("-autocast")):
+            loss = model(input_ids=ids, labels=labels).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
         times.append(time.perf_counter() - t)
@@ -77,7 +86,9 @@ def main() -> int:
     for v in args.variants.split(","):
         out["seconds_per_step"][v] = round(step_time(v, args.steps), 3)
         print(f"{v}: {out['seconds_per_step'][v]:.3f} s/step", file=sys.stderr, flush=True)
-    dest = ROOT / "benchmarks" / "results" / f"cpu-step-{out['date']}.json"
+    # Machines change between sessions: the file name says which instruction set the figures come from.
+    isa = "avx512bf16" if out["avx512_bf16"] else "avx2"
+    dest = ROOT / "benchmarks" / "results" / f"cpu-step-{out['date']}-{isa}.json"
     atomic_write_text(dest, json.dumps(out, indent=2) + "\n")
     print(json.dumps(out, indent=2))
     return 0
