@@ -47,6 +47,20 @@ def tiny_llama(tmp_path_factory, smollm2) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def ci_mini_make_train(tmp_path_factory, smollm2) -> tuple[subprocess.CompletedProcess, Path]:
+    """`make train RECIPE=ci-mini` run once per session (real Axolotl, ~2-5 min on a CPU): the e2e test checks
+    its output and the export tests package its run, so CI trains it once, not twice. Returns the finished
+    process and the runs folder (TUNEBOOK_RUNS) it wrote ci-mini/ under."""
+    runs = tmp_path_factory.mktemp("ci-mini-make-train") / "runs"
+    cmd = ["make", "train", "RECIPE=ci-mini"]
+    if shutil.which("flock"):
+        cmd = ["flock", "/tmp/tunebook-cpu.lock", *cmd]
+    r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TUNEBOOK_RUNS": str(runs), "HF_HUB_OFFLINE": "1"},
+                       capture_output=True, text=True, timeout=1800)
+    return r, runs
+
+
 def make_project(root: Path, recipes: dict[str, str] | None = None, files: dict[str, str] | None = None) -> Path:
     """A throwaway project: recipes/presets linked to the real ones, plus the given recipes and files."""
     (root / "recipes").mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 
 import pytest
 import yaml
@@ -25,11 +23,8 @@ def _generate(model_dir, question="How many days of annual leave do I get?") -> 
     return tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def test_make_train_ci_recipe(tmp_path, smollm2):
-    runs = tmp_path / "runs"
-    env = {**os.environ, "TUNEBOOK_RUNS": str(runs)}
-    r = subprocess.run(["make", "train", "RECIPE=ci-mini"], cwd=REPO, env=env, capture_output=True, text=True,
-                       timeout=1200)
+def test_make_train_ci_recipe(ci_mini_make_train):
+    r, runs = ci_mini_make_train
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "recipes/ci-mini.yaml: OK" in r.stdout
     assert "merge: merged model at" in r.stdout

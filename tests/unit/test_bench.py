@@ -16,7 +16,6 @@ from runner import trainlog
 from runner.axolotl_check import check_config
 from runner.errors import TunebookError
 from runner.hardware import Hardware
-from runner.plan_cli import target_hardware
 from runner.recipe import load_recipe
 from runner.stages import resolve
 

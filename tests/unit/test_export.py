@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -99,27 +98,18 @@ def test_cli(root):
 
 
 @pytest.fixture(scope="module")
-def ci_mini_run(tmp_path_factory):
-    """A project with a real ci-mini run: a copy of the repository's runs/ci-mini when complete, else trained
-    here (about 1.5 min on a CPU, under the shared CPU lock)."""
+def ci_mini_run(tmp_path_factory, ci_mini_make_train):
+    """A project with a real ci-mini run: a copy of the session's `make train RECIPE=ci-mini` run (shared with
+    the e2e test of that command, so it is trained once)."""
     root = tmp_path_factory.mktemp("ci-mini-export")
     make_project(root)
     (root / "recipes/data").symlink_to(REPO / "recipes/data")
     shutil.copy(REPO / "recipes/ci-mini.yaml", root / "recipes/ci-mini.yaml")
     (root / ".cache").symlink_to(REPO / ".cache")
-    if not (REPO / ".cache/models/smollm2-135m-instruct/config.json").is_file():
-        pytest.skip("the default model is not prepared (make model)")
-    src = REPO / "runs/ci-mini"
-    if (src / "sft/output/adapter_model.safetensors").is_file() and (src / "merge/merged/config.json").is_file() \
-            and (src / "tunebook.lock").is_file():
-        shutil.copytree(src, root / "runs/ci-mini", ignore=shutil.ignore_patterns("prepared", "export", "checkpoint-*"))
-    else:
-        cmd = [sys.executable, "-m", "runner.cli", "--root", str(root), "train", "ci-mini", "--quiet"]
-        if shutil.which("flock"):
-            cmd = ["flock", "/tmp/tunebook-cpu.lock", *cmd]
-        r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800,
-                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        assert r.returncode == 0, r.stderr[-3000:]
+    r, runs = ci_mini_make_train
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    shutil.copytree(runs / "ci-mini", root / "runs/ci-mini",
+                    ignore=shutil.ignore_patterns("prepared", "export", "checkpoint-*"))
     return root
 
 

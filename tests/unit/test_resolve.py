@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from runner.axolotl_check import check_config
 from runner.hardware import Hardware
