@@ -27,7 +27,6 @@ def _resolve(args, template_check=True):
 
 def cmd_validate(args) -> int:
     from .axolotl_check import check_resolved
-    from .errors import RecipeErrors
 
     res = _resolve(args)
     problems = check_resolved(res)

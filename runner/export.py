@@ -52,7 +52,7 @@ def model_dir(res, fmt: str) -> tuple[Path, object]:
         path = st.output_dir
     else:
         raise TunebookError(f"recipe {name} has no merge stage after {st.name}: there is no merged model",
-                            fix=f"Export the adapter (--format adapter) or add `merge` to the recipe's stages.")
+                            fix="Export the adapter (--format adapter) or add `merge` to the recipe's stages.")
     if not (path / "config.json").is_file():
         raise TunebookError(f"no merged model at {os.path.relpath(path, res.recipe.root)}",
                             fix=f"Run `make train RECIPE={name}` first.")
@@ -95,7 +95,6 @@ def _fmt_metrics(metrics) -> list[str]:
 
 def model_card(res, fmt: str, st, manifest: dict, lock: dict, evals: dict) -> str:
     rec = res.recipe
-    base = str(st.config.get("base_model"))
     base_display = rec.data["base_model"]
     desc = rec.data.get("description") or ""
     versions = manifest.get("versions") or {}

@@ -170,7 +170,7 @@ class Pipeline:
         manifest = Manifest.open(res)
         manifest.record_data(blocks)
         upstream_hashes: dict[str, str | None] = {}
-        ran, skipped, rerun_downstream = [], [], False
+        ran, skipped = [], []
         for st in res.stages:
             inputs = self.stage_inputs(st, sources, upstream_hashes)
             ih = inputs.hash

@@ -120,7 +120,7 @@ def describe_schema_error(err) -> tuple[tuple, str]:
     if v == "pattern":
         return path, f"'{inst}' is not a valid name (letters, digits, '.', '_' and '-', starting with a letter or digit)"
     if v in ("minItems", "minLength", "minProperties"):
-        return path, f"must not be empty"
+        return path, "must not be empty"
     if v == "maxProperties":
         return path, "a stage entry names exactly one stage (e.g. '- sft:' with its settings below)"
     return path, err.message
