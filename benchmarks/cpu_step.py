@@ -28,16 +28,17 @@ from runner.fsutil import atomic_write_text  # noqa: E402
 
 MODEL = ROOT / ".cache" / "models" / "smollm2-135m-instruct"
 MLP = ["gate_proj", "up_proj", "down_proj"]
+LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+# name -> (LoRA settings, None for a full fine-tune; precision: fp32, bf16 base weights (peft keeps the adapter
+# in fp32), or fp32 weights under bf16 autocast (what transformers' Trainer does for `bf16: true` on a CPU))
 VARIANTS = {
-    "all-linear": dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
-    "all-linear-dropout0.05": dict(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear"),
-    "mlp-only": dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=MLP),
-    "all-linear-r64": dict(r=64, lora_alpha=128, lora_dropout=0.0, target_modules="all-linear"),
-    "full": None,
-    # Same as all-linear, with the base weights in bf16 (peft keeps the adapter in fp32), and with fp32
-    # weights under bf16 autocast (what transformers' Trainer does for `bf16: true` on a CPU).
-    "all-linear-bf16": dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
-    "all-linear-autocast": dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear"),
+    "all-linear": (LORA, "fp32"),
+    "all-linear-dropout0.05": ({**LORA, "lora_dropout": 0.05}, "fp32"),
+    "mlp-only": ({**LORA, "target_modules": MLP}, "fp32"),
+    "all-linear-r64": ({**LORA, "r": 64, "lora_alpha": 128}, "fp32"),
+    "full": (None, "fp32"),
+    "all-linear-bf16": (LORA, "bf16"),
+    "all-linear-autocast": (LORA, "autocast"),
 }
 
 
@@ -47,12 +48,13 @@ def step_time(variant: str, steps: int, warmup: int = 3, seq: int = 128) -> floa
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if variant.endswith("-bf16") else torch.float32
+    lora, precision = VARIANTS[variant]
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(MODEL, dtype=dtype, attn_implementation="sdpa")
-    if VARIANTS[variant] is None:
+    if lora is None:
         model.get_input_embeddings().weight.requires_grad_(False)  # tied to lm_head in SmolLM2
     else:
-        model = get_peft_model(model, LoraConfig(**VARIANTS[variant]))
+        model = get_peft_model(model, LoraConfig(**lora))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size - 1, (1, seq))
     labels = ids.clone()
@@ -60,7 +62,7 @@ def step_time(variant: str, steps: int, warmup: int = 3, seq: int = 128) -> floa
     times = []
     for _ in range(warmup + steps):
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.endswith("-autocast")):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "autocast"):
             loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         opt.step()
