@@ -107,7 +107,8 @@ def run_child(path: Path) -> dict:
     """Runs in a fresh process: check + dedup + split of one file; prints a JSON result."""
     sys.path.insert(0, str(ROOT))
     t_import = time.perf_counter()
-    from runner import datacheck, dataprep  # noqa: F401  (import cost is not part of the figure)
+    from runner.data import check as datacheck  # noqa: F401  (import cost is not part of the figure)
+    from runner.data import prepare as dataprep  # noqa: F401  (import cost is not part of the figure)
     import datasketch  # noqa: F401
 
     rss_after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -144,7 +145,7 @@ def run_child(path: Path) -> dict:
 def recall(pairs: list, clusters: list[list[int]]) -> dict:
     """Of the planted near copies whose true Jaccard similarity is at or above the threshold, how many were
     caught (in one cluster with their original, or with a row that was)."""
-    from runner import dedup
+    from runner.data import dedup
 
     cluster_of = {}
     for k, c in enumerate(clusters):

@@ -18,13 +18,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner import metrics as mx  # noqa: E402
-from runner import trainlog  # noqa: E402
-from runner.evaluate import chat_template, eval_settings, held_out_rows, score_rows  # noqa: E402
+from runner.evaluate import metrics as mx  # noqa: E402
+from runner.train import trainlog  # noqa: E402
+from runner.evaluate.stage import chat_template, eval_settings, held_out_rows, score_rows  # noqa: E402
 from runner.fsutil import atomic_write_text  # noqa: E402
-from runner.generate import ModelSpec, generate, load_tokenizer  # noqa: E402
-from runner.recipe import TRAIN_KINDS, load_recipe  # noqa: E402
-from runner.stages import resolve  # noqa: E402
+from runner.evaluate.generate import ModelSpec, generate, load_tokenizer  # noqa: E402
+from runner.recipe.load import TRAIN_KINDS, load_recipe  # noqa: E402
+from runner.recipe.resolve import resolve  # noqa: E402
 
 
 def main() -> int:

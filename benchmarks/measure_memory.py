@@ -32,7 +32,7 @@ GIB = 1024 ** 3
 
 def planner_estimate(cfg: dict, tokens_per_micro_batch: int | None) -> dict:
     """The planner's estimate for an Axolotl config dict, at the measured longest micro batch if given."""
-    from runner import plan as P
+    from runner.plan import estimate as P
 
     setup = P.TrainSetup.from_axolotl_config(cfg, ROOT)
     if tokens_per_micro_batch and not setup.packing:
@@ -102,7 +102,7 @@ def cpu_check() -> list[dict]:
     from torch.profiler import ProfilerActivity, profile
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from runner.plan import ModelShape, TrainSetup, estimate_memory
+    from runner.plan.estimate import ModelShape, TrainSetup, estimate_memory
 
     cases = {  # name: (model keys, setup keys)
         "logits-dominated, checkpointing": (dict(vocab_size=16384), {}),

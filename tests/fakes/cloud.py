@@ -4,7 +4,7 @@ Each implements the endpoints tunebook uses with the request and response shapes
 (RunPod REST v1: https://docs.runpod.io/api-reference; Lambda Cloud API: https://docs-api.lambda.ai/api/cloud),
 rejects fields those references do not list, and simulates the container: it reads the environment the launch
 sent (RunPod: `env`; Lambda: the env file inside the cloud-init `user_data`) and plays the container side of the
-artifact protocol (status.json, log.txt, run/) with runner.launch's own functions, the code the image runs.
+artifact protocol (status.json, log.txt, run/) with runner.ship.launch's own functions, the code the image runs.
 
 Modes (FakeCloud(mode=...)):
   ok             the run succeeds: heartbeat, log lines, upload of `template_run`, status succeeded
@@ -150,7 +150,7 @@ class FakeCloud:
         return not self._stop.is_set() and self.instances.get(iid, {}).get("_alive", False)
 
     def _container(self, iid: str, env: dict) -> None:
-        from runner import launch as L
+        from runner.ship import launch as L
 
         url = env.get("TUNEBOOK_ARTIFACTS")
         recipe = env.get("RECIPE")

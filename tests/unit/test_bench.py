@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import bench as B
-from runner import plan as P
-from runner import trainlog
-from runner.axolotl_check import check_config
+from runner.plan import bench as B
+from runner.plan import estimate as P
+from runner.train import trainlog
+from runner.train.config_check import check_config
 from runner.errors import TunebookError
 from runner.hardware import Hardware
-from runner.recipe import load_recipe
-from runner.stages import resolve
+from runner.recipe.load import load_recipe
+from runner.recipe.resolve import resolve
 
 ROOT = Path(__file__).resolve().parents[2]
 L8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
@@ -301,7 +301,7 @@ def test_render_table(tmp_path):
               "variants": {"recipe": v, "naive": {**v, "tokens_per_s": 1300.0, "trainable_tokens_per_s": 900.0,
                                                   "changes": ["sample_packing: True -> False"]}},
               "ratio": {"tokens_per_s": 5.846, "trainable_tokens_per_s": 5.556}, "notes": ["a note"]}
-    from runner.bench_cli import render
+    from runner.cli.bench import render
 
     text = render(result, "benchmarks/results/x.json")
     assert "7,600" in text and "34.6%" in text and "5.85x" in text and "17.70" in text

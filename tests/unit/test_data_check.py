@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import datacheck, dataprep
+from runner.data import check as datacheck
+from runner.data import prepare as dataprep
 from runner.errors import TunebookError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,8 +32,8 @@ def recipe(name="d", data="train: data/train.jsonl\n  format: alpaca", extra="")
 
 
 def resolved(root: Path, name: str = "d"):
-    from runner.recipe import load_recipe
-    from runner.stages import resolve
+    from runner.recipe.load import load_recipe
+    from runner.recipe.resolve import resolve
 
     return resolve(load_recipe(name, root), template_check=False)
 
@@ -194,7 +195,7 @@ def test_read_jsonl_skips_bad_lines_unless_strict(tmp_path):
 
 
 def test_data_check_command_exits_2_and_lists_problems(project, capsys):
-    from runner.cli import main
+    from runner.cli.main import main
 
     src = jl(qa(1), qa(2), '{"instruction": "broken", "output": }', {"instruction": "missing"})
     root = project(recipes={"d": recipe()}, files={"data/train.jsonl": src})
@@ -208,7 +209,7 @@ def test_data_check_command_exits_2_and_lists_problems(project, capsys):
 
 
 def test_data_check_command_ok(project, capsys):
-    from runner.cli import main
+    from runner.cli.main import main
 
     root = project(recipes={"d": recipe()}, files={"data/train.jsonl": jl(*[qa(i) for i in range(1, 11)])})
     rc = main(["--root", str(root), "data", "check", "d", "--no-tokens"])

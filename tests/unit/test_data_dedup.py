@@ -5,7 +5,8 @@ import json
 import random
 from pathlib import Path
 
-from runner import datacheck, dedup
+from runner.data import check as datacheck
+from runner.data import dedup
 
 LEAVE = ("Explain how the annual leave carry over works at the company in detail",
          "You can carry over up to eight unused annual leave days into the next year and they must be used by "

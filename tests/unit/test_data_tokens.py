@@ -5,8 +5,9 @@ import json
 
 import pytest
 
-from runner import dataprep, tokens
-from runner.preview import Example, analyse, template_note
+from runner.data import prepare as dataprep
+from runner.data import tokens
+from runner.data.preview import Example, analyse, template_note
 
 
 def jl(rows) -> str:
@@ -44,8 +45,8 @@ def test_row_over_sequence_len_is_reported_at_its_line(project, smollm2):
         training: {{sequence_len: 64}}
         stages: [sft]
         """}, files={"data/train.jsonl": jl(rows)})
-    from runner.recipe import load_recipe
-    from runner.stages import resolve
+    from runner.recipe.load import load_recipe
+    from runner.recipe.resolve import resolve
 
     res = resolve(load_recipe("tok", root))
     dc = dataprep.run_checks(res)
@@ -75,8 +76,8 @@ def test_token_stats_are_skipped_when_the_model_is_not_on_this_machine(project):
         data: {train: data/train.jsonl, format: alpaca}
         stages: [sft]
         """}, files={"data/train.jsonl": jl([{"instruction": f"q{i}", "output": f"a{i}"} for i in range(8)])})
-    from runner.recipe import load_recipe
-    from runner.stages import resolve
+    from runner.recipe.load import load_recipe
+    from runner.recipe.resolve import resolve
 
     dc = dataprep.run_checks(resolve(load_recipe("hub", root), template_check=False))
     assert "not on this machine" in dc.blocks["main"].tokens["skipped"]

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from runner.derive import derive_defaults, epochs_for, learning_rate_for, percentile, round_seq
+from runner.recipe.derive import derive_defaults, epochs_for, learning_rate_for, percentile, round_seq
 from runner.hardware import Hardware
-from runner.recipe import load_recipe
-from runner.trainlog import summary
+from runner.recipe.load import load_recipe
+from runner.train.trainlog import summary
 
 CPU = Hardware(cuda=False, gpu_name=None, gpu_count=0, gpu_memory_gib=None, bf16=False, cpu_cores=2, cpu_name="x")
 
@@ -68,7 +68,7 @@ def test_trained_share_from_trainer_logs():
 
 
 def test_preset_batch_shape_kept_on_gpu_derived_on_cpu(project, smollm2):
-    from runner.stages import resolve
+    from runner.recipe.resolve import resolve
 
     A100 = Hardware(cuda=True, gpu_name="A100", gpu_count=1, gpu_memory_gib=80, bf16=True, cpu_cores=8, cpu_name="x")
     root = project({"t": f"base_model: {smollm2}\npreset: lora-a100\ndata: {{train: d.jsonl}}\n"}, {"d.jsonl": _rows(300)})
@@ -102,7 +102,7 @@ def test_full_fine_tune_derives_no_adapter_dropout(project, smollm2):
 
 
 def test_derived_dropout_beats_the_preset_and_the_recipe_beats_both(project, smollm2):
-    from runner.stages import resolve
+    from runner.recipe.resolve import resolve
 
     root = project({"a": f"base_model: {smollm2}\npreset: qlora-t4\ndata: {{train: d.jsonl}}\n",
                     "b": f"base_model: {smollm2}\npreset: qlora-t4\ndata: {{train: d.jsonl}}\n"
@@ -116,7 +116,7 @@ def test_derived_dropout_beats_the_preset_and_the_recipe_beats_both(project, smo
 
 @pytest.mark.parametrize("epochs,keep", [(2, 4), (4, 5), (8, 9)])
 def test_every_epoch_checkpoint_is_kept_for_the_best_epoch_choice(project, smollm2, epochs, keep):
-    from runner.stages import resolve
+    from runner.recipe.resolve import resolve
 
     root = project({"t": f"base_model: {smollm2}\ndata: {{train: d.jsonl}}\ntraining: {{epochs: {epochs}}}\n"},
                    {"d.jsonl": _rows(300)})

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 from runner.errors import TunebookError
-from runner.export import export
+from runner.ship.export import export
 from tests.conftest import REPO, make_project
 
 RECIPE = """
@@ -140,7 +140,7 @@ def test_export_and_serve_refuse_after_failed_gate(tmp_path):
     import pytest as _pytest
 
     from runner.errors import TunebookError
-    from runner.lock import refuse_if_gate_failed
+    from runner.pipeline.lock import refuse_if_gate_failed
 
     run = tmp_path / "runs" / "x"
     run.mkdir(parents=True)

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from runner.errors import TunebookError
-from runner.launch import LaunchOptions, launch, pull_run, push_run, read_status, upload_files
+from runner.ship.launch import LaunchOptions, launch, pull_run, push_run, read_status, upload_files
 from tests.conftest import REPO, make_project
 from tests.fakes.cloud import FakeLambda, FakeRunPod
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from runner.errors import TunebookError
-from runner.providers import LaunchSpec
-from runner.providers.lambda_cloud import env_file, user_data
-from runner.providers.runpod import RunPod
-from runner.ship_cli import build_command, git_tag
+from runner.ship.providers import LaunchSpec
+from runner.ship.providers.lambda_cloud import env_file, user_data
+from runner.ship.providers.runpod import RunPod
+from runner.cli.ship import build_command, git_tag
 from tests.conftest import REPO
 
 DOCKERFILE = (REPO / "docker/Dockerfile").read_text()

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from runner.axolotl_run import dist_settings, launcher_args, train_command
+from runner.train.axolotl import dist_settings, launcher_args, train_command
 from runner.errors import TunebookError
 from runner.hardware import Hardware
 
@@ -136,8 +136,8 @@ def test_zero3_config_shipped(repo_root):
 
 
 def test_full_ft_multigpu_preset_resolves_to_zero3(project, repo_root):
-    from runner.recipe import load_recipe
-    from runner.stages import resolve
+    from runner.recipe.load import load_recipe
+    from runner.recipe.resolve import resolve
 
     root = project(recipes={"big": """
         name: big

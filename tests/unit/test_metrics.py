@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner import metrics as mx
+from runner.evaluate import metrics as mx
 
 
 def test_normalize_lowercases_drops_punctuation_articles_and_extra_space():
@@ -113,7 +113,7 @@ def test_score_and_aggregate():
 def test_key_facts_in_held_out_rows_add_contains_to_the_default_metrics():
     from types import SimpleNamespace
 
-    from runner.evaluate import DEFAULT_METRICS, metrics_for
+    from runner.evaluate.stage import DEFAULT_METRICS, metrics_for
 
     rows = [{"id": "a", "key_fact": r"\b27\b"}, {"id": "b", "key_fact": None}]
     defaults = {"metrics": list(DEFAULT_METRICS)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import plan as P
+from runner.plan import estimate as P
 from runner.errors import TunebookError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -269,7 +269,7 @@ def test_plan_json_shape(l8b):
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    from runner.plan_cli import register
+    from runner.cli.plan import register
 
     parser = argparse.ArgumentParser(prog="tunebook")
     register(parser.add_subparsers(dest="command"))
@@ -277,7 +277,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 
 def test_cli_model_form_checks_a_measured_configuration(tmp_path, monkeypatch, capsys):
-    from runner.plan_cli import run_plan
+    from runner.cli.plan import run_plan
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     (tmp_path / "config.json").write_text(json.dumps(L8B))
@@ -295,7 +295,7 @@ def test_cli_model_form_checks_a_measured_configuration(tmp_path, monkeypatch, c
 
 
 def test_cli_needs_exactly_one_form():
-    from runner.plan_cli import run_plan
+    from runner.cli.plan import run_plan
 
     with pytest.raises(TunebookError):
         run_plan(_parse(["plan"]))
@@ -303,7 +303,7 @@ def test_cli_needs_exactly_one_form():
 
 @pytest.mark.parametrize("recipe", sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml")))
 def test_plan_each_shipped_recipe_offline(recipe, monkeypatch, capsys):
-    from runner.plan_cli import run_plan
+    from runner.cli.plan import run_plan
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(ROOT)
@@ -314,8 +314,8 @@ def test_plan_each_shipped_recipe_offline(recipe, monkeypatch, capsys):
 
 
 def test_validate_warning_when_the_preset_gpu_is_too_small(monkeypatch):
-    from runner import plan_fit
-    from runner.plan_cli import resolve_for_gpu
+    from runner.plan import fit as plan_fit
+    from runner.cli.plan import resolve_for_gpu
 
     monkeypatch.chdir(ROOT)
     recipe = next(p.stem for p in sorted((ROOT / "recipes").glob("*.yaml")) if "preset:" in p.read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from runner.errors import RecipeErrors, TunebookError
-from runner.recipe import load_recipe
+from runner.recipe.load import load_recipe
 
 ROWS = '{"instruction": "How many leave days?", "output": "27 days."}\n' * 3
 PREFS = '{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}\n' * 3

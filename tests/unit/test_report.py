@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runner import report
+from runner.pipeline import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -156,7 +156,7 @@ def test_eval_results_go_to_wandb_offline(run_dir, monkeypatch):
     pytest.importorskip("wandb")
     from types import SimpleNamespace
 
-    from runner.evaluate import track
+    from runner.evaluate.stage import track
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

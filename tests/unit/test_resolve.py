@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 
-from runner.axolotl_check import check_config
+from runner.train.config_check import check_config
 from runner.hardware import Hardware
-from runner.recipe import load_recipe
-from runner.stages import resolve
+from runner.recipe.load import load_recipe
+from runner.recipe.resolve import resolve
 
 ROWS = '{"instruction": "How many leave days?", "output": "27 days."}\n' * 3
 PREFS = '{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}\n' * 3

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 
 from runner.errors import TunebookError
-from runner.serve import max_lora_rank, vllm_available, vllm_command
+from runner.ship.serve import max_lora_rank, vllm_available, vllm_command
 from tests.conftest import REPO, make_project
 
 BASE_CFG = '{"model_type": "llama", "hidden_size": 64}'

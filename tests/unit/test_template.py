@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from runner.template import fix_tokenizer, inspect_tokenizer, template_without_default_system
+from runner.chat_template import fix_tokenizer, inspect_tokenizer, template_without_default_system
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from runner.trainlog import best_epoch, from_log, summary
+from runner.train.trainlog import best_epoch, from_log, summary
 
 
 def _ckpts(out, losses, steps_per_epoch=10):

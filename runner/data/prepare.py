@@ -1,0 +1,357 @@
+"""Turn a recipe's data files into the files Axolotl trains on, under runs/<recipe>/data/<block>/.
+
+Every block goes through the data checks of `runner.data.check` first: normalise (NFC, control characters,
+trailing whitespace) → validate each row against its format's JSON Schema → drop exact and near duplicates
+(before the split, so no near-copy of a training row lands in held-out) → seeded held-out / validation split
+→ mix in general data. Rows are then converted to one shape per kind (chat `messages` for SFT; `messages` +
+`chosen`/`rejected` for preference stages) with the recipe's system prompt, and written with their hashes.
+Token lengths are measured with the recipe's real tokenizer and chat template. Everything found goes to
+runs/<recipe>/data/report.json. The user's files are never modified.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.data import check as datacheck
+from runner.console import NULL_REPORTER, Reporter, say, terminal_reporter
+from runner.data.check import BlockResult, Row, seeded_split, split_key  # noqa: F401  (re-exported)
+from runner.errors import TunebookError
+from runner.fsutil import atomic_write_json, atomic_write_text, sha256_file
+from runner.recipe.load import data_format
+
+
+@dataclass
+class PreparedBlock:
+    """The files made for one data block and their content hashes."""
+
+    name: str
+    dir: Path
+    format: str
+    files: dict[str, Path] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    hashes: dict[str, str] = field(default_factory=dict)
+
+
+def read_jsonl(path: Path, display: str | None = None, strict: bool = False) -> list[tuple[int, dict]]:
+    """(line number, row) for every non-empty line that is a JSON object.
+
+    Lines that are not (broken JSON, not UTF-8, not an object) are skipped, because `tunebook data check` and
+    the pipeline's data step report them with their file:line; with strict=True the first one is an error."""
+    display = display or str(path)
+    rows = []
+    with open(path, "rb") as fh:
+        for n, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                if not strict:
+                    continue
+                msg = (f"invalid JSON: {exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError)
+                       else "not valid UTF-8")
+                raise TunebookError(msg, where=f"{display}:{n}",
+                                    fix="Each line must be one JSON object; run `tunebook data check` "
+                                        "for a full report") from None
+            if not isinstance(row, dict):
+                if strict:
+                    raise TunebookError("each line must be a JSON object", where=f"{display}:{n}")
+                continue
+            rows.append((n, row))
+    return rows
+
+
+def to_messages(row: dict, fmt: str, system_prompt: str | None) -> dict:
+    """One training row in the common chat shape."""
+    if fmt == "alpaca":
+        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+    elif fmt == "chat":
+        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+    else:
+        raise ValueError(fmt)
+    if system_prompt and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    out = {"messages": msgs}
+    for k in ("id", "key_fact"):
+        if k in row:
+            out[k] = row[k]
+    return out
+
+
+def to_preference(row: dict, system_prompt: str | None) -> dict:
+    msgs = []
+    system = row.get("system") or system_prompt
+    if system:
+        msgs.append({"role": "system", "content": system})
+    msgs.append({"role": "user", "content": row["prompt"]})
+    return {"messages": msgs, "chosen": row["chosen"], "rejected": row["rejected"]}
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def convert(row: Row, split: str, system_prompt: str | None) -> dict:
+    """A checked row in the shape its split is written in."""
+    if row.fmt == "preference":
+        # Held-out preference rows keep their original shape (eval needs reference answers).
+        return row.data if split == "held_out" else to_preference(row.data, system_prompt)
+    return to_messages(row.data, row.fmt, system_prompt)
+
+
+# ------------------------------------------------------------------------------------------------ checks
+
+
+@dataclass
+class BlockCheck:
+    """One block: what the checks found, its converted splits, token stats, and the files written."""
+
+    result: BlockResult
+    rows: dict[str, list[dict]]
+    tokens: dict | None = None
+    prepared: PreparedBlock | None = None
+
+
+@dataclass
+class DataCheck:
+    """The data step of a recipe: every block checked, and the report written to report.json."""
+
+    res: object
+    blocks: dict[str, BlockCheck]
+    report: dict
+    report_path: Path
+
+    @property
+    def failed(self) -> bool:
+        return any(b.result.failed for b in self.blocks.values())
+
+    @property
+    def problems(self) -> list:
+        return [p for b in self.blocks.values() for p in b.result.problems]
+
+
+def _stage_for(res, name: str):
+    return next((s for s in res.stages if s.data_block == name and s.config), None)
+
+
+def _validation_fraction(res, block: dict, stage) -> float:
+    if stage is None or stage.kind != "sft":
+        return 0.0
+    if "validation_fraction" in block:
+        return float(block["validation_fraction"] or 0.0)
+    if stage.config.get("test_datasets"):
+        # The resolver asked for a validation file from a derived fraction: honour it.
+        try:
+            from runner.recipe.derive import derive_defaults
+
+            derived, _ = derive_defaults(res.recipe, res.preset, res.hardware)
+            return float(derived.get("_validation_fraction") or 0.1)
+        except Exception:  # noqa: BLE001 - derive is optional here
+            return 0.1
+    return 0.0
+
+
+def _token_stats(res, name: str, bc: BlockCheck, stage, reporter: Reporter, cache: dict) -> dict:
+    from runner.data import tokens
+
+    tstage = tokens.stage_for_block(res, name)
+    if tstage is None:
+        return {"skipped": "no training stage uses this block"}
+    key = (str(tstage.config.get("base_model")), str(tstage.config.get("chat_template_jinja")))
+    if key not in cache:
+        cache[key] = tokens.load_tokenizer(res, tstage)
+    info, note = cache[key]
+    if info is None:
+        return {"skipped": note}
+    rows = bc.rows.get("train", []) + bc.rows.get("validation", [])
+    origins = [r.where for r in bc.result.splits.get("train", []) + bc.result.splits.get("validation", [])]
+    preference = bc.result.format == "preference"
+    advance = reporter.start(f"token lengths ({name})", len(rows) * (2 if preference else 1))
+    try:
+        lengths = tokens.row_lengths(info.tokenizer, rows, info.template, preference, advance)
+    except Exception as exc:  # noqa: BLE001 - a template that cannot render is reported, not fatal here
+        return {"skipped": f"token lengths skipped: rendering with the chat template failed: {exc}"}
+    finally:
+        reporter.done()
+    out = tokens.summarize(lengths, origins, len(bc.rows.get("train", [])), info.sequence_len,
+                           info.excess_length_strategy, info.model_max)
+    out["tokenizer"] = info.source
+    out["chat_template"] = info.template_from
+    out["stage"] = tstage.name
+    return out
+
+
+def _write_block(out_dir: Path, bc: BlockCheck) -> PreparedBlock:
+    br = bc.result
+    pb = PreparedBlock(br.name, out_dir, br.format)
+    for split, rows in bc.rows.items():
+        path = out_dir / f"{split}.jsonl"
+        atomic_write_text(path, _jsonl(rows))
+        pb.files[split], pb.counts[split], pb.hashes[split] = path, len(rows), sha256_file(path)
+    for stale in ("validation", "held_out"):
+        if stale not in bc.rows and (out_dir / f"{stale}.jsonl").exists():
+            (out_dir / f"{stale}.jsonl").unlink()
+    atomic_write_json(out_dir / "origins.json", {s: [r.where for r in rows] for s, rows in br.splits.items()})
+    atomic_write_json(out_dir / "prepared.json", {"format": br.format, "counts": pb.counts, "hashes": pb.hashes})
+    return pb
+
+
+def run_checks(res, tokens: bool = True, write: bool = True, write_report: bool = True,
+               reporter: Reporter | None = None) -> DataCheck:
+    """Check every data block of a resolved recipe; write the prepared files (only for blocks without failures)
+    and report.json. Never raises for bad rows: the result says what failed."""
+    reporter = reporter or NULL_REPORTER
+    rec = res.recipe
+    system = rec.data.get("system_prompt")
+    data_root = res.run_root / "data"
+    blocks: dict[str, BlockCheck] = {}
+    tok_cache: dict = {}
+    for name, block in res.data_blocks.items():
+        stage = _stage_for(res, name)
+        kind = stage.kind if stage else "sft"
+        fmt = data_format(block, rec.root)
+        if fmt is None:
+            raise TunebookError("cannot tell the data format from the first row", where=rec.where("data", "train"),
+                                fix="Set data.format to alpaca, chat or preference.")
+        br = datacheck.check_block(rec.root, name, block, kind, _validation_fraction(res, block, stage),
+                                   reporter, fmt)
+        rows = {split: [convert(r, split, system) for r in rs] for split, rs in br.splits.items()}
+        bc = BlockCheck(br, rows)
+        if tokens:
+            bc.tokens = _token_stats(res, name, bc, stage, reporter, tok_cache)
+        if write and not br.failed:
+            bc.prepared = _write_block(data_root / name, bc)
+        blocks[name] = bc
+    report = build_report(res, blocks)
+    dc = DataCheck(res, blocks, report, data_root / "report.json")
+    if write_report:
+        atomic_write_json(dc.report_path, report)
+    return dc
+
+
+def build_report(res, blocks: dict[str, BlockCheck]) -> dict:
+    root = res.recipe.root
+
+    def rel(p: Path) -> str:
+        try:
+            return str(p.relative_to(root))
+        except ValueError:
+            return str(p)
+
+    out_blocks = {}
+    for name, bc in blocks.items():
+        b = bc.result.report()
+        b["tokens"] = bc.tokens if bc.tokens is not None else {"skipped": "not computed"}
+        if bc.prepared:
+            b["files"] = {s: {"path": rel(p), "rows": bc.prepared.counts[s], "sha256": bc.prepared.hashes[s]}
+                          for s, p in bc.prepared.files.items()}
+        out_blocks[name] = b
+    main = blocks.get("main")
+    tpe = (main.tokens or {}).get("tokens_per_epoch") if main else None
+    ok = not any(b.result.failed for b in blocks.values())
+    return {
+        "recipe": res.recipe.name,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "ok": ok,
+        "tokens_per_epoch": tpe,
+        "blocks": out_blocks,
+    }
+
+
+def failure(dc: DataCheck) -> TunebookError:
+    """The error that stops a run whose data has invalid rows under on_error: fail."""
+    probs = [p for b in dc.blocks.values() if b.result.failed for p in b.result.problems]
+    n_rows = sum(b.result.invalid_rows for b in dc.blocks.values() if b.result.failed)
+    name = dc.res.recipe.name
+    report = dc.report_path.relative_to(dc.res.recipe.root) if dc.report_path.is_relative_to(
+        dc.res.recipe.root) else dc.report_path
+    shown = min(len(probs), datacheck.MAX_SHOWN)
+    # The fix goes inside the message: after a list, "(at ...)" and ". fix" would land on its last line.
+    return TunebookError(
+        f"{n_rows} invalid row{'s' if n_rows != 1 else ''} in the data ({datacheck.problem_counts(probs)}); "
+        f"the first {shown}:\n{datacheck.format_problems(probs)}\n"
+        f"Fix these rows, or set `on_error: drop` in the data block to train without them. Every problem is "
+        f"listed in {report}; `tunebook data check {name}` shows the full report.")
+
+
+def _n(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def summary_lines(dc: DataCheck) -> list[str]:
+    """A few lines for the pipeline log."""
+    root = dc.res.recipe.root
+    lines = []
+    for name, bc in dc.blocks.items():
+        c = bc.result.counts()
+        parts = [f"{c['rows_in']} rows"]
+        parts.append(", ".join(f"{c[s]} {s.replace('_', '-')}" for s in ("train", "validation", "held_out")
+                               if s in c))
+        removed = [_n(c[k], label) for k, label in (("invalid", "invalid row"), ("exact_duplicates", "exact duplicate"),
+                                                     ("near_duplicates", "near duplicate"),
+                                                     ("held_out_leaks", "held-out leak")) if c.get(k)]
+        if c["normalized"]:
+            removed.append(f"{_n(c['normalized'], 'row')} normalised")
+        lines.append(f"data {name} ({bc.result.format}): " + " → ".join(parts[:2])
+                     + (f"; {', '.join(removed)}" if removed else ""))
+        t = bc.tokens or {}
+        if "max" in t:
+            lines.append(f"data {name}: tokens p50 {t['p50']}, p95 {t['p95']}, max {t['max']} "
+                         f"(sequence_len {t['sequence_len']}); {t['tokens_per_epoch']:,} tokens per epoch; "
+                         f"{t['advice']}")
+        elif t.get("skipped"):
+            lines.append(f"data {name}: {t['skipped']}")
+        if bc.result.mix:
+            props = ", ".join(f"{k} {v:.1%}" for k, v in bc.result.mix["proportions"].items())
+            lines.append(f"data {name}: mix {props}")
+        for note in bc.result.notes:
+            lines.append(f"data {name}: {note}")
+        if bc.result.policy == "drop" and bc.result.invalid_rows:
+            first = sorted(bc.result.problems, key=lambda p: (p.src, p.line))[0]
+            lines.append(f"data {name}: dropped {bc.result.invalid_rows} invalid row(s) (on_error: drop), "
+                         f"first at {first.where}: {first.message}")
+    lines.append(f"data report: {dc.report_path.relative_to(root) if dc.report_path.is_relative_to(root) else dc.report_path}")
+    return lines
+
+
+def prepare(res, quiet: bool = False, tokens: bool = True, write_report: bool = True,
+            reporter: Reporter | None = None) -> dict[str, PreparedBlock]:
+    """Check and prepare every data block a resolved recipe uses (the pipeline runs this before training).
+
+    Invalid rows under `on_error: fail` (the default) stop here with a TunebookError listing them."""
+    if reporter is None and not quiet:
+        reporter = terminal_reporter()
+    dc = run_checks(res, tokens=tokens, write=True, write_report=write_report, reporter=reporter)
+    if dc.failed:
+        raise failure(dc)
+    for name, bc in dc.blocks.items():
+        if not bc.rows.get("train"):
+            c = bc.result.counts()
+            raise TunebookError(f"data block '{name}' has no training rows left after the checks "
+                                f"({c['rows_in']} rows in, {c['invalid']} invalid, {c['exact_duplicates']} exact and "
+                                f"{c['near_duplicates']} near duplicates, {c['held_out_leaks']} held-out leaks)",
+                                where=str(dc.report_path), fix="Check the data files named in the recipe.")
+    if not quiet:
+        for line in summary_lines(dc):
+            say(line)
+    return {name: bc.prepared for name, bc in dc.blocks.items()}
+
+
+def source_hashes(res) -> dict[str, dict[str, str]]:
+    """Per data block: content hash of each source file, plus a hash of the block's settings.
+
+    These (not the prepared files) are what the lock compares, so `status` needs no preparation."""
+    from runner.fsutil import sha256_json
+    from runner.recipe.load import data_files
+
+    out = {}
+    for name, block in res.data_blocks.items():
+        h = {f: sha256_file(res.recipe.resolve_path(f)) for _, f in data_files(block)}
+        h["settings"] = sha256_json({"block": block, "system_prompt": res.data.get("system_prompt")})
+        out[name] = h
+    return out

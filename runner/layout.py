@@ -1,0 +1,157 @@
+"""Where a run's files live: every path under `runs/<recipe>/`, in one place.
+
+The runs folder is `<project root>/runs` unless `$TUNEBOOK_RUNS` names another (absolute, or relative to the
+project root). Every module asks a `RunLayout` (the recipe's folder) or a `StageLayout` (one stage's folder)
+for a path instead of spelling `"merged"` or `"metrics.json"` itself, so moving a file is a one-line change.
+
+    runs/<recipe>/
+      tunebook.lock  manifest.json  report.md  plots/
+      data/<block>/{train,validation,held_out}.jsonl   data/report.json
+      <stage>/ axolotl.yaml merge.yaml train.log inputs.hash best_epoch.json
+               output/ (adapter or model, checkpoints)  merged/  prepared/
+               metrics.json predictions.jsonl (eval stages)
+      eval/ (answer cache)  bench/  launch/  launch.json  export/
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+RUNS_ENV = "TUNEBOOK_RUNS"
+
+
+def runs_dir(project_root: str | Path, runs: str | Path | None = None) -> Path:
+    """The folder holding every recipe's run folder: `runs`, or `$TUNEBOOK_RUNS`, under the project root."""
+    return (Path(project_root) / (runs or os.environ.get(RUNS_ENV) or "runs")).resolve()
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """The files of one stage, under `runs/<recipe>/<stage>/`."""
+
+    dir: Path
+
+    @property
+    def output(self) -> Path:
+        """Axolotl's output_dir: the adapter or full model, and its checkpoints."""
+        return self.dir / "output"
+
+    @property
+    def merged(self) -> Path:
+        """The adapter merged into its base (a whole model folder)."""
+        return self.dir / "merged"
+
+    @property
+    def merge_tmp(self) -> Path:
+        """Where merge-lora writes before the one rename to `merged`."""
+        return self.dir / ".merged.tmp"
+
+    @property
+    def prepared(self) -> Path:
+        """Axolotl's per-stage tokenisation cache (dataset_prepared_path)."""
+        return self.dir / "prepared"
+
+    @property
+    def config(self) -> Path:
+        return self.dir / "axolotl.yaml"
+
+    @property
+    def merge_config(self) -> Path:
+        return self.dir / "merge.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.dir / "train.log"
+
+    @property
+    def inputs_hash(self) -> Path:
+        """The input hash of the last attempt: checkpoints made from other inputs are not resumed."""
+        return self.dir / "inputs.hash"
+
+    @property
+    def best_epoch(self) -> Path:
+        return self.dir / "best_epoch.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.dir / "metrics.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.dir / "predictions.jsonl"
+
+    def attempt_dirs(self) -> list[Path]:
+        """What a fresh start of the stage removes (everything an earlier attempt made from other inputs)."""
+        return [self.output, self.merged, self.prepared, self.merge_tmp]
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of one recipe's run, under `runs/<recipe>/`."""
+
+    root: Path
+
+    @classmethod
+    def for_recipe(cls, project_root: str | Path, recipe: str, runs: str | Path | None = None) -> "RunLayout":
+        return cls(runs_dir(project_root, runs) / recipe)
+
+    @property
+    def recipe(self) -> str:
+        return self.root.name
+
+    def stage(self, name: str) -> StageLayout:
+        return StageLayout(self.root / name)
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "tunebook.lock"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    def data(self, block: str) -> Path:
+        """The checked, converted files of one data block."""
+        return self.data_dir / block
+
+    def data_file(self, block: str, split: str) -> Path:
+        """`split` is train, validation or held_out."""
+        return self.data(block) / f"{split}.jsonl"
+
+    @property
+    def data_report(self) -> Path:
+        return self.data_dir / "report.json"
+
+    @property
+    def eval_cache(self) -> Path:
+        """Answers and lm-eval scores cached across eval runs, keyed by model and settings."""
+        return self.root / "eval"
+
+    @property
+    def bench(self) -> Path:
+        return self.root / "bench"
+
+    @property
+    def launch_dir(self) -> Path:
+        return self.root / "launch"
+
+    @property
+    def launch_record(self) -> Path:
+        return self.root / "launch.json"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.root / "export"

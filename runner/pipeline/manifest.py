@@ -1,0 +1,83 @@
+"""runs/<recipe>/manifest.json: enough to reproduce and compare a run (git state, hashes, versions,
+hardware, timings, final metrics)."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+from pathlib import Path
+
+from runner.train import trainlog
+from runner.fsutil import atomic_write_json, sha256_file
+from runner.pipeline.lock import package_versions
+
+
+def git_state(root: Path) -> dict:
+    """Commit and dirty flag of the repo holding the recipes (None outside git)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"commit": None, "dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"commit": None, "dirty": None}
+
+
+class Manifest:
+    """Accumulates a run's record and rewrites manifest.json atomically after every change."""
+
+    def __init__(self, res, data: dict):
+        self.res, self.data = res, data
+        self.path = res.run_root / "manifest.json"
+
+    @classmethod
+    def open(cls, res) -> "Manifest":
+        path = res.run_root / "manifest.json"
+        old = json.loads(path.read_text()) if path.is_file() else {}
+        rec = res.recipe
+        data = {
+            "recipe": rec.name,
+            "recipe_file": str(rec.path.relative_to(rec.root)),
+            "recipe_sha256": sha256_file(rec.path),
+            "git": git_state(rec.root),
+            "versions": package_versions(),
+            "hardware": res.hardware.to_dict(),
+            "preset": (res.preset or {}).get("name"),
+            "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "data": {},
+            "stages": old.get("stages", {}),
+        }
+        m = cls(res, data)
+        m.save()
+        return m
+
+    def save(self):
+        atomic_write_json(self.path, self.data)
+
+    def record_data(self, blocks):
+        self.data["data"] = {name: {"format": b.format, "counts": b.counts, "sha256": b.hashes}
+                             for name, b in blocks.items()}
+        self.save()
+
+    def record_stage(self, st, started, finished, seconds):
+        entry = {"kind": st.kind, "started": started, "finished": finished, "seconds": round(seconds, 1)}
+        if st.config is not None and st.kind != "merge":
+            entry["metrics"] = trainlog.summary(trainlog.history(st.run_dir))
+            entry["base_model"] = st.config.get("base_model")
+        if st.kind == "eval":
+            f = st.run_dir / "metrics.json"
+            if f.is_file():
+                entry["metrics"] = json.loads(f.read_text())
+        best = st.run_dir / "best_epoch.json"
+        if best.is_file():
+            entry["best_epoch"] = json.loads(best.read_text())
+        self.data["stages"][st.name] = entry
+        self.save()
+
+    def finish(self):
+        self.data["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.save()

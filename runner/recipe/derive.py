@@ -1,0 +1,143 @@
+"""Defaults derived from the data and the hardware, each with its reason (shown by `tunebook resolve`).
+
+A recipe that names only a model and data should train well. The rules here pick epochs, learning rate,
+sequence length, packing, batch shape and the validation split from the data's size and token lengths;
+every one is overridden by a value written in the recipe (or its stage).
+"""
+from __future__ import annotations
+
+import math
+
+from runner import hardware as hw
+from runner.recipe.load import Recipe, data_format
+
+SMALL_DATA_ROWS = 2000   # below this, a dataset is a "fact set": several epochs are needed to learn it
+MIN_SEQ, SEQ_STEP = 128, 64
+
+
+def count_rows(rec: Recipe, block: dict) -> int:
+    files = block["train"] if isinstance(block["train"], list) else [block["train"]]
+    n = 0
+    for f in files:
+        try:
+            with open(rec.resolve_path(f), encoding="utf-8") as fh:
+                n += sum(1 for line in fh if line.strip())
+        except OSError:
+            pass
+    return n
+
+
+def epochs_for(rows: int) -> tuple[float, str]:
+    """Small fact sets need many passes; large sets need few (and overfit with more)."""
+    if rows <= 0:
+        return 3, "no rows counted"
+    if rows < SMALL_DATA_ROWS:
+        e = max(3, min(10, math.ceil(1200 / rows)))
+        return e, (f"{rows} rows, a small fact set: ~1,200 example passes in total ({e} epochs); the best epoch "
+                   "on the validation split is kept")
+    if rows < 20000:
+        return 2, f"{rows} rows: 2 epochs"
+    return 1, f"{rows} rows: one epoch is enough"
+
+
+def learning_rate_for(method: str, rows: int) -> tuple[float, str]:
+    if method == "full":
+        return 1.0e-5, "full fine-tune: every weight moves, so small steps"
+    if rows and rows < SMALL_DATA_ROWS:
+        # Measured on hr-bot (docs/quality.md): 2e-3 with ~3-row packs beat 1e-3 and 5e-4 at equal compute.
+        return 2.0e-3, f"LoRA on {rows} rows: few optimizer steps, so a high adapter learning rate"
+    return 2.0e-4, "LoRA: the usual adapter learning rate"
+
+
+def round_seq(n: int) -> int:
+    return max(MIN_SEQ, int(math.ceil(n / SEQ_STEP) * SEQ_STEP))
+
+
+def token_lengths(rec: Recipe, block: dict, model_dir, chat_template: str | None) -> list[int]:
+    """Token count of each training row as the model sees it (chat template applied), counted the way the
+    data check counts them (`runner.data.tokens`)."""
+    from transformers import AutoTokenizer
+
+    from runner.data.prepare import read_jsonl, to_messages
+    from runner.data.tokens import count_tokens
+
+    fmt = data_format(block, rec.root)
+    if fmt not in ("alpaca", "chat"):
+        return []
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    files = block["train"] if isinstance(block["train"], list) else [block["train"]]
+    convs = []
+    for f in files:
+        for _, row in read_jsonl(rec.resolve_path(f), f):
+            try:
+                convs.append(to_messages(row, fmt, rec.data.get("system_prompt"))["messages"])
+            except (KeyError, TypeError):
+                continue  # the data check reports malformed rows
+    return count_tokens(tok, convs, chat_template)
+
+
+def percentile(values: list[int], q: float) -> int:
+    from runner.data.tokens import percentile as sorted_percentile
+
+    return sorted_percentile(sorted(values), q)
+
+
+def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=None,
+                    chat_template: str | None = None) -> tuple[dict, dict]:
+    """Training settings (tunebook `training:` keys) derived for this recipe, and why each was chosen.
+
+    Keys the recipe sets itself are still derived here; the recipe layer overrides them later."""
+    out, why = {}, {}
+    block = rec.data["data"]
+    trains_sft = any(s.kind == "sft" for s in rec.stages)
+    method = ((rec.data.get("training") or {}).get("method") or ((preset or {}).get("training") or {}).get("method")
+              or "lora")
+    rows = count_rows(rec, block)
+    if trains_sft and rows:
+        out["epochs"], why["epochs"] = epochs_for(rows)
+        out["learning_rate"], why["learning_rate"] = learning_rate_for(method, rows)
+
+    lengths = token_lengths(rec, block, model_dir, chat_template) if model_dir and trains_sft else []
+    if lengths:
+        p99, longest = percentile(lengths, 0.99), max(lengths)
+        seq = round_seq(p99)
+        why_seq = f"p99 of {len(lengths)} rows is {p99} tokens (longest {longest})"
+        packing = trains_sft
+        if packing:
+            # Pack a few rows per sequence: no padding, and small packs give many optimizer steps, which
+            # is what a small fact set needs (measured: 3-row packs learned more per token than 25-row ones).
+            mean = max(1, int(sum(lengths) / len(lengths)))
+            pack = max(seq, min(2048, round_seq(3 * mean)))
+            out["sequence_len"], why["sequence_len"] = pack, (
+                f"packed sequences of {pack} tokens (~{max(1, pack // mean)} rows each); {why_seq}; "
+                f"a row longer than {pack} would be truncated")
+            out["sample_packing"], why["sample_packing"] = True, (
+                "packing with sdpa attention keeps rows from attending to each other and removes padding")
+            total = sum(lengths)
+            packs = max(1, math.ceil(total / pack))
+            out["micro_batch_size"], why["micro_batch_size"] = 1, "packed: one long sequence per step and device"
+            # A small fact set learns per optimizer step (hr-bot: accumulating 2 packs cost 6.7 points of held-out
+            # accuracy at equal compute, docs/quality.md); large sets can afford smoother steps.
+            accum = 1 if rows < SMALL_DATA_ROWS or packs < 64 else 2
+            out["gradient_accumulation_steps"], why["gradient_accumulation_steps"] = accum, (
+                f"{total} tokens per epoch ≈ {packs} packed sequences: "
+                f"{math.ceil(packs / accum)} optimizer steps per epoch"
+                + (" (a small fact set learns per step: no accumulation)" if accum == 1 and rows < SMALL_DATA_ROWS
+                   else ""))
+        else:
+            out["sequence_len"], why["sequence_len"] = seq, f"{why_seq}; longer rows are truncated"
+    if trains_sft and rows and rows < SMALL_DATA_ROWS and method in ("lora", "qlora"):
+        # Measured on the development CPU (docs/quality.md): dropout's random masks are ~11% of a LoRA step.
+        # A fact set is meant to be memorised, which dropout regularises against; the validation split and
+        # the best-epoch choice guard against overfitting instead.
+        out["lora"] = {"dropout": 0.0}
+        why["lora_dropout"] = (f"{rows} rows, a small fact set to memorise: no adapter dropout (it regularises "
+                               "against memorising, and on a CPU costs ~11% of each step); the best epoch "
+                               "guards against overfitting")
+    if trains_sft and rows and rows < SMALL_DATA_ROWS and "validation_fraction" not in block and rows >= 100:
+        out["_validation_fraction"] = 0.1
+        why["_validation_fraction"] = (f"{rows} rows: 10% carved out to pick the best epoch "
+                                       "(the held-out file is kept for the final score)")
+    if not h.cuda:
+        why["threads"] = f"OMP_NUM_THREADS={h.cpu_cores}: all cores for torch on a CPU"
+    return out, why
