@@ -10,7 +10,7 @@ for a path instead of spelling `"merged"` or `"metrics.json"` itself, so moving 
       <stage>/ axolotl.yaml merge.yaml train.log inputs.hash best_epoch.json
                output/ (adapter or model, checkpoints)  merged/  prepared/
                metrics.json predictions.jsonl (eval stages)
-      eval/ (answer cache)  bench/  launch/  launch.json  export/
+      eval/ (answer cache)  bench/  launch/  launch.json  export/  source/ (bench --synthetic-rows)
 """
 from __future__ import annotations
 
@@ -143,6 +143,11 @@ class RunLayout:
     @property
     def bench(self) -> Path:
         return self.root / "bench"
+
+    @property
+    def synthetic_rows(self) -> Path:
+        """`tunebook bench --synthetic-rows`: the generated training rows (of the run `<recipe>-synthetic`)."""
+        return self.root / "source" / "train.jsonl"
 
     @property
     def launch_dir(self) -> Path:

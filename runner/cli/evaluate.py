@@ -1,15 +1,13 @@
 """`tunebook eval RECIPE` (run only the eval stage on the trained model) and `tunebook report RECIPE`."""
 from __future__ import annotations
 
+import json
 import os
 
+from runner.cli.common import resolved_recipe
 from runner.errors import TunebookError
-
-
-def _resolve(args):
-    from runner.cli.main import _resolve as resolve
-
-    return resolve(args)
+from runner.pipeline.report import report_for
+from runner.pipeline.run import Pipeline
 
 
 def _eval_stage(res, name: str | None):
@@ -28,9 +26,7 @@ def _eval_stage(res, name: str | None):
 
 
 def cmd_eval(args) -> int:
-    from runner.pipeline.run import Pipeline
-
-    res = _resolve(args)
+    res = resolved_recipe(args)
     st = _eval_stage(res, args.stage)
     pipe = Pipeline(res)
     status = {name: (state, why) for name, state, why in pipe.status()}
@@ -50,9 +46,7 @@ def cmd_eval(args) -> int:
 
 
 def print_metrics(res, st) -> None:
-    import json
-
-    f = st.run_dir / "metrics.json"
+    f = st.paths.metrics
     if not f.is_file():
         return
     m = json.loads(f.read_text())
@@ -66,20 +60,18 @@ def print_metrics(res, st) -> None:
         print(f"  {t} ({r['metric']}, points): {r['base']:.1f} -> {r['tuned']:.1f}"
               + (f" (allowed drop {r['max_drop']:g})" if r.get("max_drop") is not None else ""))
     print(f"  gates: {'passed' if m.get('passed') else 'FAILED'} ({len(m.get('gates', []))} checked)")
-    print(f"metrics at {rel(f)}, predictions at {rel(st.run_dir / 'predictions.jsonl')}, "
-          f"report at {rel(res.run_root / 'report.md')}")
+    print(f"metrics at {rel(f)}, predictions at {rel(st.paths.predictions)}, "
+          f"report at {rel(res.layout.report)}")
 
 
 def cmd_report(args) -> int:
-    from runner.pipeline.report import report_for
-
-    res = _resolve(args)
+    res = resolved_recipe(args)
     if not res.run_root.is_dir():
         raise TunebookError(f"no runs of {res.recipe.name} yet ({res.run_root} does not exist)",
                             fix=f"Run `make train RECIPE={res.recipe.name}` first.")
     path = report_for(res)
     print(f"report at {os.path.relpath(path, res.recipe.root)} (plots in "
-          f"{os.path.relpath(res.run_root / 'plots', res.recipe.root)}/)")
+          f"{os.path.relpath(res.layout.plots, res.recipe.root)}/)")
     return 0
 
 

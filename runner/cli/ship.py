@@ -4,87 +4,32 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
+from runner.cli.common import loaded_recipe, project_root, resolved_recipe
 from runner.console import say
 from runner.errors import TunebookError
-
-DOCKERFILE = "docker/Dockerfile"
-
-
-def _root(args) -> Path:
-    return Path(getattr(args, "root", None) or os.environ.get("TUNEBOOK_ROOT") or ".").resolve()
+from runner.layout import RunLayout
+from runner.ship import docker
+from runner.ship import launch as L
+from runner.ship.export import export
+from runner.ship.providers import CLOUDS
+from runner.ship.serve import serve
 
 
 # ---------------------------------------------------------------------------------------------- docker build
-def git_tag(root: Path) -> str:
-    """The image tag for this checkout: the commit (12 hex), `-dirty` with uncommitted changes."""
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=20)
-
-    try:
-        head = git("rev-parse", "--short=12", "HEAD")
-    except (OSError, subprocess.TimeoutExpired):
-        return "nogit"
-    if head.returncode != 0:
-        return "nogit"
-    dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
-    return head.stdout.strip() + ("-dirty" if dirty else "")
-
-
-def _docker_engine() -> bool:
-    if not shutil.which("docker"):
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=15).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-def build_command(root: Path, builder: str, tag: str, base_image: str | None, extras: str | None,
-                  pip_extra: str | None, commit: str, latest: bool = True) -> list[str]:
-    """The docker/buildah command that builds docker/Dockerfile with the repository as its context."""
-    args = []
-    if base_image:
-        args += ["--build-arg", f"BASE_IMAGE={base_image}"]
-    if extras:
-        args += ["--build-arg", f"TUNEBOOK_EXTRAS={extras}"]
-    if pip_extra:
-        args += ["--build-arg", f"TUNEBOOK_PIP_EXTRA={pip_extra}"]
-    args += ["--build-arg", f"TUNEBOOK_COMMIT={commit}"]
-    tags = ["-t", tag]
-    if latest and not tag.endswith(":latest"):
-        tags += ["-t", tag.rsplit(":", 1)[0] + ":latest"]
-    if builder == "docker":
-        return ["docker", "build", "-f", str(root / DOCKERFILE), *tags, *args, str(root)]
-    if builder == "buildah":
-        return ["buildah", "bud", "--isolation", "chroot", "--layers", "-f", str(root / DOCKERFILE), *tags, *args,
-                str(root)]
-    raise TunebookError(f"unknown builder '{builder}'", fix="Use --builder docker or --builder buildah.")
-
-
 def cmd_docker_build(args) -> int:
-    root = _root(args)
-    builder = args.builder
-    if builder == "auto":
-        builder = "docker" if _docker_engine() else "buildah" if shutil.which("buildah") else None
-        if builder is None:
-            raise TunebookError("no image builder: neither a running Docker engine nor buildah",
-                                fix="Start Docker, or install buildah (Debian/Ubuntu: apt-get install buildah).")
-    commit = git_tag(root)
+    root = project_root(args)
+    builder = docker.choose_builder(args.builder)
+    commit = docker.git_tag(root)
     tag = args.tag or f"{args.repo}:{commit}"
-    cmd = build_command(root, builder, tag, args.base_image, args.extras, args.pip_extra, commit,
-                        latest=not args.no_latest)
+    cmd = docker.build_command(root, builder, tag, args.base_image, args.extras, args.pip_extra, commit,
+                               latest=not args.no_latest)
     print(" ".join(cmd), flush=True)
     if args.dry_run:
         return 0
-    rc = subprocess.run(cmd).returncode
-    if rc != 0:
-        raise TunebookError(f"the image build failed ({builder} exited with {rc})", exit_code=1,
-                            fix="Read the build output above.")
+    docker.run_build(cmd, builder)
     print(f"built {tag}" + ("" if tag.startswith("localhost/") else
                             f"; push it (`{builder} push {tag} <registry>/...`) and set TUNEBOOK_IMAGE for `make launch`"))
     return 0
@@ -92,77 +37,60 @@ def cmd_docker_build(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- launch
 def cmd_launch(args) -> int:
-    from runner.ship.launch import LaunchOptions, launch
-
-    opts = LaunchOptions(recipe=args.recipe, cloud=args.cloud, gpu=args.gpu, gpus=args.gpus, root=_root(args),
-                         yes=args.yes, image=args.image, artifacts=args.artifacts, disk_gb=args.disk,
-                         volume_gb=args.volume, region=args.region, ssh_key=args.ssh_key, env=args.env or [],
-                         max_hours=args.max_hours, dry_run=args.dry_run,
-                         include_checkpoints=args.with_checkpoints)
-    return launch(opts, out=sys.stdout)
+    opts = L.LaunchOptions(cloud=args.cloud, gpu=args.gpu, gpus=args.gpus, yes=args.yes, image=args.image,
+                           artifacts=args.artifacts, disk_gb=args.disk, volume_gb=args.volume, region=args.region,
+                           ssh_key=args.ssh_key, env=args.env or [], max_hours=args.max_hours, dry_run=args.dry_run,
+                           include_checkpoints=args.with_checkpoints)
+    return L.launch(loaded_recipe(args), opts, out=sys.stdout)
 
 
 def cmd_terminate(args) -> int:
-    from runner.ship.launch import terminate
-
-    return terminate(args.cloud, args.instance)
+    return L.terminate(args.cloud, args.instance)
 
 
 # ---------------------------------------------------------------------------------------------- serve, export
 def cmd_serve(args) -> int:
-    from runner.ship.serve import serve
-
-    extra = list(args.vllm_args or [])
-    return serve(args.recipe, _root(args), merged=args.merged, host=args.host, port=args.port, extra=extra,
+    recipes = [resolved_recipe(args, name, template_check=False) for name in args.recipe]
+    return serve(recipes, merged=args.merged, host=args.host, port=args.port, extra=list(args.vllm_args or []),
                  dry_run=args.dry_run)
 
 
 def cmd_export(args) -> int:
-    from runner.ship.export import export
-
-    path = export(args.recipe, _root(args), args.format)
-    print(os.path.relpath(path, _root(args)))
+    path = export(resolved_recipe(args, template_check=False), args.format)
+    print(os.path.relpath(path, project_root(args)))
     return 0
 
 
 # ---------------------------------------------------------------------------------------------- artifacts
 def cmd_artifacts(args) -> int:
-    from runner.ship import launch as L
-
-    root = _root(args)
+    """The container's side of launch (docker/entrypoint.sh); `recipe` is the run's folder name under runs/."""
     if args.action == "status":
         L.write_status(args.url, args.state)
         return 0
-    run_dir = root / "runs" / args.recipe
+    root = project_root(args)
+    run_dir = RunLayout.for_recipe(root, args.recipe).root
+    shown = os.path.relpath(run_dir, root)
     if args.action == "heartbeat":
         L.heartbeat(args.url, run_dir, Path(args.log), args.interval, once=args.once)
         return 0
     if args.action == "push":
-        include = args.with_checkpoints or os.environ.get("TUNEBOOK_UPLOAD_CHECKPOINTS") == "1"
-        n = L.push_run(run_dir, args.url, include_checkpoints=include) if run_dir.is_dir() else 0
-        lines, total = L.log_tail_lines(Path(args.log)) if args.log else ([], 0)
-        if args.log:
-            L.write_log(args.url, "\n".join(lines) + "\n")
-        state = "succeeded" if args.exit_code == 0 else "failed"
-        L.write_status(args.url, state, exit_code=args.exit_code, stage=L.current_stage(run_dir), files=n,
-                       log_lines=total, log_first_line=max(0, total - len(lines)))
-        say(f"uploaded {n} files of runs/{args.recipe}/ to {args.url}/run ({state})")
+        n, state = L.push_final(run_dir, args.url, args.exit_code, Path(args.log) if args.log else None,
+                                include_checkpoints=args.with_checkpoints)
+        say(f"uploaded {n} files of {shown}/ to {args.url}/run ({state})")
         return 0
     if args.action == "pull":
         n = L.pull_run(args.url, run_dir)
-        print(f"fetched {n} files to runs/{args.recipe}/")
+        print(f"fetched {n} files to {shown}/")
         return 0
     raise TunebookError(f"unknown artifacts action {args.action}")
 
 
 # ---------------------------------------------------------------------------------------------- parser
 def register(subparsers) -> None:
-    from runner.ship.providers import CLOUDS
-
     d = subparsers.add_parser("docker", help="build the training image (docker/Dockerfile)")
     dsub = d.add_subparsers(dest="docker_command", required=True, metavar="ACTION")
     b = dsub.add_parser("build", help="build the image, tagged with the git commit (docker, else buildah)")
-    b.add_argument("--builder", choices=("auto", "docker", "buildah"), default="auto")
+    b.add_argument("--builder", choices=("auto", *docker.BUILDERS), default="auto")
     b.add_argument("--repo", default="tunebook", help="image name without tag (default tunebook)")
     b.add_argument("--tag", help="full image name:tag (default <repo>:<git commit>)")
     b.add_argument("--base-image", help="FROM image (default: the Dockerfile's pinned Axolotl image)")

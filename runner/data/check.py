@@ -14,16 +14,18 @@ import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING
 
-from jsonschema import Draft202012Validator
-
-from runner.data import dedup
 from runner.console import NULL_REPORTER, Reporter
+from runner.data import dedup
 from runner.errors import TunebookError
-from runner.recipe.load import SCHEMA_DIR, _detect_format, keypath_str
+from runner.formats import FORMATS, answers, detect_format, row_format, turns  # noqa: F401  (FORMATS re-exported)
+from runner.fsutil import sha256_file
+from runner.recipe.load import SCHEMA_DIR, keypath_str
 
-FORMATS = ("alpaca", "chat", "preference")
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+
 ROLES = ("system", "user", "assistant")
 MAX_SHOWN = 20          # problems shown in an error / on screen
 MAX_LISTED = 200        # problems, clusters and examples kept in report.json
@@ -160,6 +162,8 @@ class NormStats:
 
 @lru_cache(maxsize=None)
 def row_validator(fmt: str) -> Draft202012Validator:
+    from jsonschema import Draft202012Validator  # a tenth of a second to import: only when rows are checked
+
     return Draft202012Validator(json.loads((SCHEMA_DIR / "rows" / f"{fmt}.json").read_text()))
 
 
@@ -176,7 +180,7 @@ def _schema_problem(err, fmt: str, row: dict) -> list[tuple[str, str | None, str
     if v == "required":
         hint = ""
         if not path:
-            other = _guess_format(row)
+            other = row_format(row, sharegpt_as_chat=False)
             if other and other != fmt:
                 hint = f" (this row looks like {other} format, the block's is {fmt})"
             elif fmt == "chat" and "conversations" in row:
@@ -193,26 +197,6 @@ def _schema_problem(err, fmt: str, row: dict) -> list[tuple[str, str | None, str
     if v in ("minLength", "pattern", "minItems"):
         return [("empty_field", fld, "empty" if v != "minItems" else "no messages")]
     return [("invalid", fld, err.message)]
-
-
-def _guess_format(row: dict) -> str | None:
-    if "chosen" in row and "rejected" in row:
-        return "preference"
-    if "messages" in row:
-        return "chat"
-    if "instruction" in row or "output" in row:
-        return "alpaca"
-    return None
-
-
-def answers(row: dict, fmt: str) -> list[tuple[str, str]]:
-    """(field, text) of what the model is trained to say in a valid row."""
-    if fmt == "alpaca":
-        return [("output", row["output"])]
-    if fmt == "chat":
-        return [(f"messages[{i}].content", m["content"]) for i, m in enumerate(row["messages"])
-                if m["role"] == "assistant"]
-    return [("chosen", row["chosen"])]
 
 
 def validate_row(row: dict, fmt: str, min_output_chars: int = 1) -> list[tuple[str, str | None, str]]:
@@ -318,16 +302,6 @@ def read_file(path: Path, src: str, fmt: str, group: str, min_output_chars: int 
 
 
 # --------------------------------------------------------------------------------------------------- dedup
-
-
-def turns(row: dict, fmt: str) -> list[tuple[str, str]]:
-    """(role, text) of a row without its system prompt: what duplicates are judged on."""
-    if fmt == "alpaca":
-        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        return [("user", user), ("assistant", row["output"])]
-    if fmt == "chat":
-        return [(m["role"], m["content"]) for m in row["messages"] if m["role"] != "system"]
-    return [("user", row["prompt"]), ("chosen", row["chosen"]), ("rejected", row["rejected"])]
 
 
 def dedup_text(row: Row) -> str:
@@ -500,19 +474,18 @@ class BlockResult:
 
 
 def file_format(path: Path, declared: str | None) -> str | None:
-    return declared or _detect_format(path)
+    return declared or detect_format(path)
 
 
 def check_block(root: Path, name: str, block: dict, kind: str = "sft", validation_fraction: float = 0.0,
                 reporter: Reporter = NULL_REPORTER, fmt: str | None = None) -> BlockResult:
     """Run every check on one data block (paths relative to `root`) and split its rows."""
-    from runner.fsutil import sha256_file
 
     def resolve(p: str) -> Path:
         return Path(p) if Path(p).is_absolute() else root / p
 
     train_files = block["train"] if isinstance(block["train"], list) else [block["train"]]
-    fmt = fmt or block.get("format") or _detect_format(resolve(train_files[0]))
+    fmt = fmt or block.get("format") or detect_format(resolve(train_files[0]))
     if fmt is None:
         raise TunebookError(f"cannot tell the data format of {train_files[0]} from its first row",
                             fix="Set data.format to alpaca, chat or preference.")
@@ -539,7 +512,7 @@ def check_block(root: Path, name: str, block: dict, kind: str = "sft", validatio
     held: list[Row] | None = None
     if block.get("held_out"):
         hf = block["held_out"]
-        held = load(hf, _detect_format(resolve(hf)) or fmt, "held_out")
+        held = load(hf, detect_format(resolve(hf)) or fmt, "held_out")
     mixes = []
     for i, m in enumerate(block.get("mix") or []):
         if fmt == "preference":

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sys
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.data import check as datacheck
+from runner import formats
 from runner.console import NULL_REPORTER, Reporter, say, terminal_reporter
+from runner.data import check as datacheck
+from runner.data import tokens as toklen
 from runner.data.check import BlockResult, Row, seeded_split, split_key  # noqa: F401  (re-exported)
 from runner.errors import TunebookError
-from runner.fsutil import atomic_write_json, atomic_write_text, sha256_file
-from runner.recipe.load import data_format
+from runner.fsutil import atomic_write_json, atomic_write_text, sha256_file, sha256_json
+from runner.recipe.load import data_files
 
 
 @dataclass
@@ -36,72 +38,13 @@ class PreparedBlock:
     hashes: dict[str, str] = field(default_factory=dict)
 
 
-def read_jsonl(path: Path, display: str | None = None, strict: bool = False) -> list[tuple[int, dict]]:
-    """(line number, row) for every non-empty line that is a JSON object.
-
-    Lines that are not (broken JSON, not UTF-8, not an object) are skipped, because `tunebook data check` and
-    the pipeline's data step report them with their file:line; with strict=True the first one is an error."""
-    display = display or str(path)
-    rows = []
-    with open(path, "rb") as fh:
-        for n, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8-sig" if n == 1 else "utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                if not strict:
-                    continue
-                msg = (f"invalid JSON: {exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError)
-                       else "not valid UTF-8")
-                raise TunebookError(msg, where=f"{display}:{n}",
-                                    fix="Each line must be one JSON object; run `tunebook data check` "
-                                        "for a full report") from None
-            if not isinstance(row, dict):
-                if strict:
-                    raise TunebookError("each line must be a JSON object", where=f"{display}:{n}")
-                continue
-            rows.append((n, row))
-    return rows
-
-
-def to_messages(row: dict, fmt: str, system_prompt: str | None) -> dict:
-    """One training row in the common chat shape."""
-    if fmt == "alpaca":
-        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
-    elif fmt == "chat":
-        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-    else:
-        raise ValueError(fmt)
-    if system_prompt and msgs[0]["role"] != "system":
-        msgs.insert(0, {"role": "system", "content": system_prompt})
-    out = {"messages": msgs}
-    for k in ("id", "key_fact"):
-        if k in row:
-            out[k] = row[k]
-    return out
-
-
-def to_preference(row: dict, system_prompt: str | None) -> dict:
-    msgs = []
-    system = row.get("system") or system_prompt
-    if system:
-        msgs.append({"role": "system", "content": system})
-    msgs.append({"role": "user", "content": row["prompt"]})
-    return {"messages": msgs, "chosen": row["chosen"], "rejected": row["rejected"]}
-
-
 def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def convert(row: Row, split: str, system_prompt: str | None) -> dict:
-    """A checked row in the shape its split is written in."""
-    if row.fmt == "preference":
-        # Held-out preference rows keep their original shape (eval needs reference answers).
-        return row.data if split == "held_out" else to_preference(row.data, system_prompt)
-    return to_messages(row.data, row.fmt, system_prompt)
+    """A checked row in the shape its split is written in (`runner.formats.convert`)."""
+    return formats.convert(row.data, row.fmt, split, system_prompt)
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -139,32 +82,17 @@ def _stage_for(res, name: str):
     return next((s for s in res.stages if s.data_block == name and s.config), None)
 
 
-def _validation_fraction(res, block: dict, stage) -> float:
-    if stage is None or stage.kind != "sft":
-        return 0.0
-    if "validation_fraction" in block:
-        return float(block["validation_fraction"] or 0.0)
-    if stage.config.get("test_datasets"):
-        # The resolver asked for a validation file from a derived fraction: honour it.
-        try:
-            from runner.recipe.derive import derive_defaults
-
-            derived, _ = derive_defaults(res.recipe, res.preset, res.hardware)
-            return float(derived.get("_validation_fraction") or 0.1)
-        except Exception:  # noqa: BLE001 - derive is optional here
-            return 0.1
-    return 0.0
-
-
 def _token_stats(res, name: str, bc: BlockCheck, stage, reporter: Reporter, cache: dict) -> dict:
-    from runner.data import tokens
-
-    tstage = tokens.stage_for_block(res, name)
+    tstage = toklen.stage_for_block(res, name)
     if tstage is None:
         return {"skipped": "no training stage uses this block"}
     key = (str(tstage.config.get("base_model")), str(tstage.config.get("chat_template_jinja")))
     if key not in cache:
-        cache[key] = tokens.load_tokenizer(res, tstage)
+        # The tokenizer is read with local_files_only; HF_HUB_OFFLINE is still set here, as it always was,
+        # because the Axolotl processes the pipeline starts next inherit it (TODO: let the pipeline's child
+        # environment say so instead of this side effect).
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        cache[key] = toklen.load_tokenizer(res, tstage)
     info, note = cache[key]
     if info is None:
         return {"skipped": note}
@@ -173,12 +101,12 @@ def _token_stats(res, name: str, bc: BlockCheck, stage, reporter: Reporter, cach
     preference = bc.result.format == "preference"
     advance = reporter.start(f"token lengths ({name})", len(rows) * (2 if preference else 1))
     try:
-        lengths = tokens.row_lengths(info.tokenizer, rows, info.template, preference, advance)
+        lengths = toklen.row_lengths(info.tokenizer, rows, info.template, preference, advance)
     except Exception as exc:  # noqa: BLE001 - a template that cannot render is reported, not fatal here
         return {"skipped": f"token lengths skipped: rendering with the chat template failed: {exc}"}
     finally:
         reporter.done()
-    out = tokens.summarize(lengths, origins, len(bc.rows.get("train", [])), info.sequence_len,
+    out = toklen.summarize(lengths, origins, len(bc.rows.get("train", [])), info.sequence_len,
                            info.excess_length_strategy, info.model_max)
     out["tokenizer"] = info.source
     out["chat_template"] = info.template_from
@@ -214,12 +142,13 @@ def run_checks(res, tokens: bool = True, write: bool = True, write_report: bool 
     for name, block in res.data_blocks.items():
         stage = _stage_for(res, name)
         kind = stage.kind if stage else "sft"
-        fmt = data_format(block, rec.root)
+        fmt = formats.block_format(block, rec.root)
         if fmt is None:
             raise TunebookError("cannot tell the data format from the first row", where=rec.where("data", "train"),
                                 fix="Set data.format to alpaca, chat or preference.")
-        br = datacheck.check_block(rec.root, name, block, kind, _validation_fraction(res, block, stage),
-                                   reporter, fmt)
+        # The resolver decided the validation split (runner.recipe.resolve); the data step only carves it.
+        fraction = stage.validation_fraction if stage is not None else 0.0
+        br = datacheck.check_block(rec.root, name, block, kind, fraction, reporter, fmt)
         rows = {split: [convert(r, split, system) for r in rs] for split, rs in br.splits.items()}
         bc = BlockCheck(br, rows)
         if tokens:
@@ -346,9 +275,6 @@ def source_hashes(res) -> dict[str, dict[str, str]]:
     """Per data block: content hash of each source file, plus a hash of the block's settings.
 
     These (not the prepared files) are what the lock compares, so `status` needs no preparation."""
-    from runner.fsutil import sha256_json
-    from runner.recipe.load import data_files
-
     out = {}
     for name, block in res.data_blocks.items():
         h = {f: sha256_file(res.recipe.resolve_path(f)) for _, f in data_files(block)}

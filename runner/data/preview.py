@@ -20,8 +20,12 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.chat_template import (default_system_prompt, end_of_turn_token, stage_template,
+                                  template_without_default_system)
+from runner.data.prepare import prepare
 from runner.errors import TunebookError
 from runner.recipe.load import PREFERENCE_KINDS, TRAIN_KINDS, looks_like_path
+from runner.tokenizer import load_tokenizer
 
 IGNORE = -100
 
@@ -89,16 +93,16 @@ def analyse(examples: list[Example], eot: str | None, eot_id: int | None) -> lis
     return []
 
 
-def template_note(stage_template: str | None, tokenizer_template: str | None, stripped: str | None,
-                  default_system: str | None) -> str | None:
+def template_note(stage_tpl: str | None, tokenizer_template: str | None, stripped: str | None,
+                  default_system: str | None, origin: str = "chat_template_jinja") -> str | None:
     """Informational warning when the stage trains with another chat template than the tokenizer's own."""
-    if not stage_template or not tokenizer_template or stage_template == tokenizer_template:
+    if not stage_tpl or not tokenizer_template or stage_tpl == tokenizer_template:
         return None
-    if stripped is not None and stage_template == stripped:
+    if stripped is not None and stage_tpl == stripped:
         return ("the stage's chat template differs from the tokenizer's own on purpose: tunebook removed the "
                 f"default system prompt the template injects (\"{(default_system or '')[:70]}\") so it is not "
                 "trained into every example; set `system_prompt:` in the recipe to choose one. Informational")
-    return ("the stage's chat template (chat_template_jinja) differs from the tokenizer's own: the model is "
+    return (f"the stage's chat template ({origin}) differs from the tokenizer's own: the model is "
             "trained in a format its tokenizer does not produce by default; make sure inference uses the same "
             "template (the merged model is saved with it)")
 
@@ -109,7 +113,6 @@ def template_note(stage_template: str | None, tokenizer_template: str | None, st
 @contextlib.contextmanager
 def _quiet():
     """Axolotl and its imports log a lot at INFO; keep the preview readable."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("AXOLOTL_DO_NOT_TRACK", "1")
     levels = {}
     for name in ("axolotl", "transformers", "torchao", "bitsandbytes", "datasets", "root", ""):
@@ -192,13 +195,10 @@ def _make_example(tok, where: str, ids: list[int], labels: list[int], eot_id: in
 def build_preview(res, n: int = 5, stage_name: str | None = None, rows: list[dict] | None = None,
                   origins: list[str] | None = None) -> Preview:
     """Tokenize the first n prepared train rows of a stage with Axolotl's strategy for its config."""
-    from runner.data import prepare as dataprep
-    from runner.chat_template import default_system_prompt, end_of_turn_token, template_without_default_system
-
     st = _stage(res, stage_name)
     notes = []
     if rows is None:
-        prepared = dataprep.prepare(res, quiet=True, tokens=False, write_report=False)
+        prepared = prepare(res, quiet=True, tokens=False, write_report=False)
         pb = prepared[st.data_block]
         rows = []
         with open(pb.files["train"], encoding="utf-8") as fh:
@@ -214,12 +214,11 @@ def build_preview(res, n: int = 5, stage_name: str | None = None, rows: list[dic
     if note:
         notes.append(note)
     with _quiet():
+        # `tok` is the tokenizer Axolotl trains with (its special-token changes applied); `own` is the model's.
         c, tok = axolotl_setup(cfg)
-        from transformers import AutoTokenizer
-
-        own = AutoTokenizer.from_pretrained(c.tokenizer_config or c.base_model)
-    stage_template = cfg.get("chat_template_jinja") if cfg.get("chat_template") == "jinja" else None
-    template = stage_template or own.chat_template
+        own = load_tokenizer(c.tokenizer_config or c.base_model)
+    stage_tpl, origin = stage_template(cfg, own)
+    template = stage_tpl or own.chat_template
     eot = end_of_turn_token(tok, template) if template else None
     eot_id = tok.convert_tokens_to_ids(eot) if eot else None
     specials = _specials(tok)
@@ -268,7 +267,8 @@ def build_preview(res, n: int = 5, stage_name: str | None = None, rows: list[dic
     with _quiet():
         stripped = template_without_default_system(own) if own.chat_template else None
         default = default_system_prompt(own) if own.chat_template else None
-    tn = template_note(stage_template, own.chat_template, stripped, default)
+    tn = template_note(stage_tpl, own.chat_template, stripped, default,
+                       "chat_template_jinja" if origin.endswith("(chat_template_jinja)") else origin)
     if tn:
         pv.warnings.append(tn)
     return pv

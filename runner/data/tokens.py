@@ -6,19 +6,18 @@ not on this machine is skipped with a note.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from runner.chat_template import count_tokens, stage_template
+from runner.recipe.derive import percentile as _percentile
+from runner.recipe.derive import round_seq
 from runner.recipe.load import TRAIN_KINDS, looks_like_path
+from runner.tokenizer import has_tokenizer, load_tokenizer as load_shared_tokenizer
 
 MAX_LISTED = 20
-ROUND_TO = 64
-MIN_SUGGESTED = 128
 
 
 @dataclass
@@ -39,10 +38,6 @@ def stage_for_block(res, name: str):
     return next((s for s in res.stages if s.data_block == name and s.config and s.kind in TRAIN_KINDS), None)
 
 
-def _has_tokenizer(p: Path) -> bool:
-    return (p / "tokenizer_config.json").is_file() or (p / "tokenizer.json").is_file()
-
-
 def _model_max(p: Path) -> int | None:
     try:
         cfg = json.loads((p / "config.json").read_text())
@@ -50,32 +45,6 @@ def _model_max(p: Path) -> int | None:
         return None
     v = cfg.get("max_position_embeddings") or (cfg.get("text_config") or {}).get("max_position_embeddings")
     return int(v) if isinstance(v, int) else None
-
-
-def named_template(name: str) -> str | None:
-    """One of Axolotl's built-in chat templates by name, read without importing Axolotl (and torch)."""
-    spec = importlib.util.find_spec("axolotl")
-    if not spec or not spec.submodule_search_locations:
-        return None
-    f = Path(spec.submodule_search_locations[0]) / "utils" / "chat_templates" / "templates" / f"{name}.jinja"
-    return f.read_text(encoding="utf-8") if f.is_file() else None
-
-
-def template_for(cfg: dict, tok) -> tuple[str | None, str]:
-    """The chat template Axolotl will use for a stage config: (template or None for the tokenizer's, origin)."""
-    choice = cfg.get("chat_template") or "tokenizer_default"
-    if choice == "jinja":
-        jinja = cfg.get("chat_template_jinja")
-        if jinja and os.path.isfile(str(jinja)):
-            jinja = Path(jinja).read_text(encoding="utf-8")
-        return jinja, "recipe (chat_template_jinja)"
-    if choice == "tokenizer_default":
-        return None, "tokenizer's own"
-    if choice.startswith("tokenizer_default_fallback_"):
-        if getattr(tok, "chat_template", None):
-            return None, "tokenizer's own"
-        choice = choice[len("tokenizer_default_fallback_"):]
-    return named_template(choice), f"Axolotl's {choice}"
 
 
 def load_tokenizer(res, stage) -> tuple[TokenizerInfo | None, str | None]:
@@ -86,8 +55,6 @@ def load_tokenizer(res, stage) -> tuple[TokenizerInfo | None, str | None]:
     recipe_base = str(res.recipe.resolve_path(base)) if looks_like_path(base) else base
     if recipe_base not in candidates:
         candidates.append(recipe_base)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -96,10 +63,11 @@ def load_tokenizer(res, stage) -> tuple[TokenizerInfo | None, str | None]:
         try:
             if looks_like_path(c) or Path(c).is_dir():
                 p = Path(c)
-                if p.is_dir() and _has_tokenizer(p):
-                    tok, source, model_max = AutoTokenizer.from_pretrained(p), c, _model_max(p)
+                if p.is_dir() and has_tokenizer(p):
+                    tok, source, model_max = load_shared_tokenizer(p), c, _model_max(p)
             else:
-                tok, source = AutoTokenizer.from_pretrained(c, local_files_only=True), c
+                # local_files_only, not HF_HUB_OFFLINE: no download, and the process environment is left alone
+                tok, source = load_shared_tokenizer(c, local_only=True), c
         except Exception:  # noqa: BLE001 - any failure means "not usable offline"
             tok = None
         if tok is not None:
@@ -107,9 +75,8 @@ def load_tokenizer(res, stage) -> tuple[TokenizerInfo | None, str | None]:
     if tok is None:
         return None, (f"token lengths skipped: the tokenizer of {base} is not on this machine "
                       "(no download is attempted); they are computed once the model is there")
-    template, origin = template_for(cfg, tok)
-    if template is None and not getattr(tok, "chat_template", None):
-        return None, f"token lengths skipped: {source} has no chat template and the stage sets none"
+    # A template that cannot be found or rendered is an error (TunebookError), not a count with another one.
+    template, origin = stage_template(cfg, tok, source)
     return TokenizerInfo(tok, source, template, origin, int(cfg.get("sequence_len") or 2048),
                          str(cfg.get("excess_length_strategy") or "drop"), model_max), None
 
@@ -120,18 +87,6 @@ def conversations(row: dict, preference: bool) -> list[list[dict]]:
         return [row["messages"] + [{"role": "assistant", "content": row["chosen"]}],
                 row["messages"] + [{"role": "assistant", "content": row["rejected"]}]]
     return [row["messages"]]
-
-
-def count_tokens(tok, convs: list[list[dict]], template: str | None,
-                 advance: Callable[[int], None] = lambda n: None, batch: int = 256) -> list[int]:
-    """Tokens of each conversation rendered through the chat template (special tokens included)."""
-    out: list[int] = []
-    for i in range(0, len(convs), batch):
-        chunk = convs[i:i + batch]
-        texts = tok.apply_chat_template(chunk, tokenize=False, chat_template=template)
-        out += [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
-        advance(len(chunk))
-    return out
 
 
 def row_lengths(tok, rows: list[dict], template: str | None, preference: bool = False,
@@ -148,13 +103,13 @@ def row_lengths(tok, rows: list[dict], template: str | None, preference: bool = 
 
 
 def percentile(sorted_vals: list[int], q: float) -> int:
-    if not sorted_vals:
-        return 0
-    return sorted_vals[max(0, math.ceil(q * len(sorted_vals)) - 1)]
+    """Nearest-rank percentile, the rule the derived defaults use (`runner.recipe.derive`)."""
+    return _percentile(sorted_vals, q)
 
 
 def suggest_sequence_len(longest: int, model_max: int | None = None) -> int:
-    s = max(MIN_SUGGESTED, ROUND_TO * math.ceil(longest / ROUND_TO))
+    """The shortest sequence_len (a multiple of 64, at least 128) that fits the longest row."""
+    s = round_seq(longest)
     return min(s, model_max) if model_max else s
 
 

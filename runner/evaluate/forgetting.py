@@ -17,8 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from runner.console import say
 from runner.errors import TunebookError
-from runner.evaluate.generate import ModelSpec, say, set_threads
+from runner.evaluate.generate import ModelSpec, set_threads
 from runner.recipe.load import PACKAGE_ROOT
 
 PREFERRED_METRICS = ("acc,none", "exact_match,strict-match", "exact_match,flexible-extract", "exact_match,none",

@@ -15,8 +15,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.chat_template import end_of_turn_token
 from runner.errors import TunebookError
 from runner.console import say
+from runner.tokenizer import load_tokenizer as load_shared_tokenizer
 
 
 
@@ -81,9 +83,10 @@ def set_threads() -> None:
 
 
 def load_tokenizer(spec: ModelSpec):
-    from transformers import AutoTokenizer
+    """The model's tokenizer set up for batched generation: a pad token, padding on the left.
 
-    tok = AutoTokenizer.from_pretrained(spec.tokenizer_path())
+    A private copy (`runner.tokenizer`): these changes must not reach the shared tokenizer that counts tokens."""
+    tok = load_shared_tokenizer(spec.tokenizer_path(), private=True)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
@@ -92,8 +95,6 @@ def load_tokenizer(spec: ModelSpec):
 
 def stop_ids(tok, template: str | None) -> list[int]:
     """The tokenizer's EOS plus the chat template's end-of-turn token."""
-    from runner.chat_template import end_of_turn_token
-
     ids = [tok.eos_token_id] if tok.eos_token_id is not None else []
     try:
         eot = end_of_turn_token(tok, template)

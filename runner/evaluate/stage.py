@@ -1,63 +1,40 @@
 """The eval stage: held-out answers from the base and the fine-tuned model, metrics, a forgetting check with
-lm-evaluation-harness, gates, and the report.
+lm-evaluation-harness, and gates (runner.evaluate.gates).
 
 Writes into the stage folder (runs/<recipe>/<stage>/): predictions.jsonl (one row per held-out example, both
 models' answers and scores) and metrics.json (aggregates, forgetting, gates). The base model's answers and scores
 are cached in runs/<recipe>/eval/base_*.json, keyed by the base model, the held-out file and the settings, so a
 re-run after more training only generates with the fine-tuned model. A failed gate raises GateFailed after
-everything is written, so the pipeline stops before the stages that would ship the model.
+everything is written, so the pipeline stops before the stages that would ship the model. The report is the
+pipeline's: it writes it from what this stage wrote.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import re
 import time
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from runner.evaluate import metrics as mx
+from runner.chat_template import stage_template
+from runner.console import say
 from runner.errors import TunebookError
+from runner.evaluate import forgetting as fz
+from runner.evaluate import metrics as mx
+from runner.evaluate.gates import GateFailed, check_gates, describe_gate, failed_gates
+from runner.evaluate.generate import ModelSpec, backend_name, generate, model_fingerprint
 from runner.fsutil import atomic_write_json, atomic_write_text, sha256_file, sha256_json, sha256_tree
-from runner.evaluate.generate import ModelSpec, backend_name, generate, model_fingerprint, say
-from runner.recipe.load import TRAIN_KINDS, looks_like_path
+from runner.layout import StageLayout
+from runner.recipe.load import looks_like_path
+from runner.recipe.shipped import has_model, shipped_model, training_stages
+from runner.tokenizer import load_tokenizer
 
 DEFAULTS = {"max_new_tokens": 64, "batch_size": 8, "compare_base": True}
 DEFAULT_METRICS = ("exact_match", "f1", "rouge_l")
 CACHE_ENTRIES = 8
-
-
-class GateFailed(TunebookError):
-    """One or more eval gates failed (exit code 1). `failed`: one line per failed gate (metric, value,
-    threshold); `gates`: the same as dicts, as in metrics.json; `gate_failed` tells the pipeline to mark the lock."""
-
-    gate_failed = True
-
-    def __init__(self, failed: list[dict], where: str | None = None, recorded: str | None = None,
-                 report: str | None = None):
-        self.gates = failed
-        self.failed = [describe_gate(g) for g in failed]
-        what = "eval gate failed: " + "; ".join(self.failed)
-        if recorded:
-            what += f" (recorded {recorded}; inputs unchanged since)"
-        fix = ("The pipeline stopped at the eval stage: the stages after it (merge, export, serve) did not run. "
-               f"Read {report or 'the report (runs/<recipe>/report.md)'}, then improve the data or training, "
-               "or change eval.gates in the recipe.")
-        super().__init__(what, where=where, fix=fix, exit_code=1)
-
-    @classmethod
-    def from_metrics(cls, path: Path, recorded: str | None = None) -> "GateFailed | None":
-        """The failure recorded in a metrics.json, or None when its gates passed."""
-        data = json.loads(Path(path).read_text())
-        failed = [g for g in data.get("gates", []) if not g.get("passed")]
-        return cls(failed, where=str(path), recorded=recorded) if failed else None
-
-
-def describe_gate(g: dict) -> str:
-    if g.get("kind") == "forgetting":
-        moved = f"dropped {g['value']:.1f} points" if g["value"] >= 0 else f"rose {-g['value']:.1f} points"
-        return (f"forgetting on {g['task']}: {g['metric']} {moved} ({g['base']:.1f} -> {g['tuned']:.1f}), "
-                f"allowed drop {g['threshold']:g}")
-    return f"held-out {g['gate']} = {g['value']:.3f}, needs >= {g['threshold']:g}"
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -119,7 +96,7 @@ def load_schema_validator(res, settings):
 
 def held_out_rows(res, stage, settings) -> tuple[Path, list[dict]]:
     """(prepared held-out file, rows as {id, conversation, reference, key_fact})."""
-    path = res.run_root / "data" / (stage.data_block or "main") / "held_out.jsonl"
+    path = res.layout.data_file(stage.data_block or "main", "held_out")
     if not path.is_file():
         raise TunebookError(f"stage '{stage.name}': there is no held-out data to evaluate on ({path} is missing)",
                             where=_where(res, "data"),
@@ -152,38 +129,27 @@ def held_out_rows(res, stage, settings) -> tuple[Path, list[dict]]:
 # ---------------------------------------------------------------------------------------------- models
 
 
-def _stage(res, name):
-    return next(s for s in res.stages if s.name == name)
-
-
-def _has_model(d: Path) -> bool:
-    return (d / "config.json").is_file() and (any(d.glob("*.safetensors")) or any(d.glob("*.bin")))
-
-
 def tuned_spec(res, stage) -> ModelSpec:
-    """The fine-tuned model: a merged copy when one exists, else base + the LoRA adapter, else the full model."""
-    if not stage.upstream:
+    """The fine-tuned model (runner.recipe.shipped: what the last training stage before this one made): a merged
+    copy when one exists, else base + the LoRA adapter, else the full model."""
+    if not training_stages(res, before=stage.index):
         raise TunebookError(f"stage '{stage.name}': no training stage before it, nothing to evaluate")
-    up = _stage(res, stage.upstream)
-    adapter = bool(up.config.get("adapter"))
+    model = shipped_model(res, before=stage.index, action="evaluate")
+    up = model.stage
     hint = (f"Stage '{up.name}' has not produced a model yet: run `make train RECIPE={res.recipe.name}` "
             f"(or `tunebook train {res.recipe.name}`) first")
-    if adapter and not (up.output_dir / "adapter_config.json").is_file():
-        raise TunebookError(f"no trained adapter in {up.output_dir}", fix=hint)
-    for s in res.stages:
-        if s.kind == "merge" and s.upstream == up.name and s.index < stage.index and _has_model(s.run_dir / "merged"):
-            return ModelSpec(str(s.run_dir / "merged"), label="fine-tuned")
-    if _has_model(up.run_dir / "merged"):
-        return ModelSpec(str(up.run_dir / "merged"), label="fine-tuned")
-    if adapter:
-        return ModelSpec(str(up.config["base_model"]), adapter=str(up.output_dir), label="fine-tuned")
-    if not _has_model(up.output_dir):
-        raise TunebookError(f"no trained model in {up.output_dir}", fix=hint)
-    return ModelSpec(str(up.output_dir), label="fine-tuned")
+    if model.adapter is not None and not (model.adapter / "adapter_config.json").is_file():
+        raise TunebookError(f"no trained adapter in {model.adapter}", fix=hint)
+    if model.merged is not None and has_model(model.merged):
+        return ModelSpec(str(model.merged), label="fine-tuned")
+    if model.adapter is not None:
+        return ModelSpec(model.base, adapter=str(model.adapter), label="fine-tuned")
+    raise TunebookError(f"no trained model in {up.output_dir}", fix=hint)
 
 
 def base_spec(res) -> ModelSpec:
-    first = next((s for s in res.stages if s.kind in TRAIN_KINDS and s.config), None)
+    """The model before fine-tuning: the first training stage's base (the recipe's base_model)."""
+    first = next(iter(training_stages(res)), None)
     base = first.config["base_model"] if first else res.data["base_model"]
     if looks_like_path(str(base)):
         base = str(res.recipe.resolve_path(str(base)))
@@ -191,25 +157,18 @@ def base_spec(res) -> ModelSpec:
 
 
 def training_config(res, stage) -> dict:
+    """The Axolotl config of the stage that trained the evaluated model (its chat template is the one to use)."""
     if stage.upstream:
-        return _stage(res, stage.upstream).config or {}
+        return res.stage(stage.upstream).config or {}
     return next((s.config for s in res.stages if s.config), {}) or {}
 
 
-def chat_template(config: dict, tok) -> str | None:
-    """The chat template training used (None: the tokenizer's own)."""
-    jinja = config.get("chat_template_jinja")
-    if jinja:
-        return Path(jinja).read_text() if len(jinja) < 4096 and Path(jinja).is_file() else jinja
-    choice = config.get("chat_template")
-    if not choice or choice in ("tokenizer_default", "jinja"):
-        return None
-    try:
-        from axolotl.utils.chat_templates import get_chat_template
+def chat_template(config: dict, tok, source: str | None = None) -> str | None:
+    """The chat template training used (None: the tokenizer's own), by `runner.chat_template.stage_template`.
 
-        return get_chat_template(choice, None, tok)
-    except Exception:
-        return None
+    One that cannot be found or rendered is a TunebookError: evaluating with another template than the one
+    trained would score a different model."""
+    return stage_template(config, tok, source)[0]
 
 
 # ---------------------------------------------------------------------------------------------- caching
@@ -235,8 +194,6 @@ def _cache_put(path: Path, key: str, value) -> None:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for p in ("transformers", "torch", "peft", "lm_eval", "vllm"):
         try:
@@ -278,8 +235,6 @@ def open_tasks(res, settings):
     tasks = list(settings["forgetting"].get("tasks") or [])
     if not tasks:
         return None
-    from runner.evaluate import forgetting as fz
-
     session = fz.TaskSession(res.recipe.root, tasks)
     try:
         session.check_datasets()
@@ -293,8 +248,6 @@ def forgetting_check(session, settings, base: ModelSpec, tuned: ModelSpec, cache
                      quiet: bool) -> dict | None:
     if session is None:
         return None
-    from runner.evaluate import forgetting as fz
-
     fg = settings["forgetting"]
     tasks, limit = session.tasks, fg.get("limit")
     t0 = time.time()
@@ -319,8 +272,6 @@ def forgetting_check(session, settings, base: ModelSpec, tuned: ModelSpec, cache
 
 def _referenced_data_hash(tmp: Path) -> str:
     """Hash of the local data files the materialised task YAMLs point at (absolute paths)."""
-    import re
-
     files = set()
     for y in tmp.rglob("*.y*ml"):
         for m in re.finditer(r"(/[^\s'\"]+\.(?:jsonl|json|csv|parquet|txt|tsv))", y.read_text()):
@@ -329,35 +280,18 @@ def _referenced_data_hash(tmp: Path) -> str:
     return sha256_json({f: sha256_file(f) for f in sorted(files)})
 
 
-def check_gates(settings, tuned_agg: dict, forgetting: dict | None) -> list[dict]:
-    gates = settings["gates"]
-    out = []
-    for name, thr in gates.items():
-        if name == "forgetting":
-            continue
-        value = tuned_agg.get(name)
-        out.append({"gate": name, "kind": "held_out", "value": value, "threshold": thr,
-                    "passed": value is not None and value >= thr - 1e-12})
-    # Forgetting limits gate by default once max_drop is given; `gates: {forgetting: false}` makes them advisory.
-    if forgetting and gates.get("forgetting", bool(settings["forgetting"].get("max_drop"))):
-        for task, row in forgetting["tasks"].items():
-            if row.get("max_drop") is None or row.get("drop") is None:
-                continue
-            out.append({"gate": f"forgetting:{task}", "kind": "forgetting", "task": task, "metric": row["metric"],
-                        "value": row["drop"], "threshold": row["max_drop"], "base": row["base"],
-                        "tuned": row["tuned"], "passed": bool(row["ok"])})
-    return out
-
-
-def run_eval_stage(res, stage, quiet: bool = False) -> dict:
-    """Run one eval stage; returns the metrics dict (also written to <stage dir>/metrics.json)."""
-    t0 = time.time()
+def stage_settings(res) -> dict:
+    """eval_settings(res), refused when a forgetting gate has no task to check."""
     settings = eval_settings(res)
     if settings["gates"].get("forgetting") and not settings["forgetting"].get("tasks"):
         raise TunebookError("eval.gates.forgetting is set but eval.forgetting lists no tasks",
                             where=_where(res, "eval", "gates", "forgetting"),
                             fix="Add e.g. `forgetting: {tasks: [general_knowledge], max_drop: {general_knowledge: 5}}`")
-    validator = load_schema_validator(res, settings)
+    return settings
+
+
+def eval_rows(res, stage, settings) -> tuple[Path, list[dict]]:
+    """held_out_rows(); no rows is an error unless the forgetting check is all the recipe asks for."""
     held_path, rows = held_out_rows(res, stage, settings)
     held_gates = [g for g in settings["gates"] if g != "forgetting"]
     if not rows:
@@ -366,94 +300,170 @@ def run_eval_stage(res, stage, quiet: bool = False) -> dict:
                                 f"({held_path} is empty)", where=_where(res, "data"),
                                 fix="Give data.held_out (a file never trained on) or a held_out_fraction above 0.")
         say("eval: no held-out rows; only the forgetting check runs")
-    tuned = tuned_spec(res, stage)
-    base = base_spec(res)
+    return held_path, rows
+
+
+def eval_template(res, stage, base: ModelSpec) -> tuple[str | None, str]:
+    """(the chat template training used, None for the tokenizer's own; the template the prompts are rendered
+    with)."""
     cfg = training_config(res, stage)
 
-    from runner.evaluate.generate import load_tokenizer
-
-    base_tok = load_tokenizer(base)
-    template = chat_template(cfg, base_tok)
+    base_tok = load_tokenizer(base.tokenizer_path())  # shared, unchanged: only its template is read here
+    template = chat_template(cfg, base_tok, f"the tokenizer of {base.path}")
     effective_template = template or base_tok.chat_template
     if not effective_template:
         raise TunebookError(f"the tokenizer of {base.path} has no chat template",
                             fix="Set one in the recipe: axolotl: {chat_template: chatml}")
-    metric_names = settings["metrics"] = metrics_for(res, settings, rows)
-    stage.run_dir.mkdir(parents=True, exist_ok=True)
-    cache_dir = res.run_root / "eval"
-    backend = backend_name()
+    return template, effective_template
 
-    session = open_tasks(res, settings)  # unknown tasks and unreachable datasets fail before any generation
+
+@dataclass
+class EvalSetup:
+    """What one eval stage evaluates and how, all checked before any model generates."""
+
+    settings: dict                 # eval_settings, with the metrics to score (metrics_for)
+    validator: object              # the JSON Schema validator of the json_schema metric, or None
+    held_path: Path
+    rows: list[dict]
+    base: ModelSpec
+    tuned: ModelSpec
+    template: str | None           # the chat template training used (None: the tokenizer's own)
+    effective_template: str        # the one the prompts are rendered with
+
+
+@dataclass
+class Answers:
+    """What the models answered: one dict per held-out row (base: None without compare_base), the backend that
+    generated the fine-tuned answers, and the forgetting check (None without eval.forgetting)."""
+
+    base: list[dict] | None
+    tuned: list[dict]
+    backend: str
+    forgetting: dict | None
+
+
+@dataclass
+class Scores:
+    """Per-row scores and their aggregates (base: None without base answers)."""
+
+    base: list[dict] | None
+    tuned: list[dict]
+    base_agg: dict | None
+    tuned_agg: dict
+
+
+def prepare_eval(res, stage) -> EvalSetup:
+    """Settings, held-out rows, the two models and the chat template of an eval stage; every recipe mistake
+    is raised here."""
+    settings = stage_settings(res)
+    validator = load_schema_validator(res, settings)
+    held_path, rows = eval_rows(res, stage, settings)
+    tuned = tuned_spec(res, stage)
+    base = base_spec(res)
+    template, effective_template = eval_template(res, stage, base)
+    settings["metrics"] = metrics_for(res, settings, rows)
+    return EvalSetup(settings, validator, held_path, rows, base, tuned, template, effective_template)
+
+
+def base_answers(setup: EvalSetup, backend: str, cache_dir: Path, quiet: bool) -> list[dict] | None:
+    """The base model's answers, cached by model, held-out file, settings and software (None without
+    compare_base or rows)."""
+    settings, rows = setup.settings, setup.rows
+    if not (settings["compare_base"] and rows):
+        return None
+    key = sha256_json({"model": model_fingerprint(setup.base.path), "held_out": sha256_file(setup.held_path),
+                       "limit": settings.get("limit"), "max_new_tokens": settings["max_new_tokens"],
+                       "batch_size": settings["batch_size"], "template": setup.effective_template,
+                       "backend": backend, "device": _device(), "versions": _versions()})
+    cache = cache_dir / "base_predictions.json"
+    preds = _cache_get(cache, key)
+    if preds is None:
+        preds, _ = answers(setup.base, rows, setup.template, settings, quiet)
+        _cache_put(cache, key, preds)
+    else:
+        say("eval: base model's answers from cache (base_predictions.json)")
+    return preds
+
+
+def model_answers(res, setup: EvalSetup, quiet: bool) -> Answers:
+    """Base answers (cached), fine-tuned answers and the forgetting check. The lm-eval tasks are checked first:
+    unknown tasks and unreachable datasets fail before any generation."""
+    cache_dir = res.layout.eval_cache
+    backend = backend_name()
+    session = open_tasks(res, setup.settings)
     try:
-        # Base model answers (cached).
-        base_preds = None
-        if settings["compare_base"] and rows:
-            key = sha256_json({"model": model_fingerprint(base.path), "held_out": sha256_file(held_path),
-                               "limit": settings.get("limit"), "max_new_tokens": settings["max_new_tokens"],
-                               "batch_size": settings["batch_size"], "template": effective_template,
-                               "backend": backend, "device": _device(), "versions": _versions()})
-            cache = cache_dir / "base_predictions.json"
-            base_preds = _cache_get(cache, key)
-            if base_preds is None:
-                base_preds, _ = answers(base, rows, template, settings, quiet)
-                _cache_put(cache, key, base_preds)
-            else:
-                say("eval: base model's answers from cache (base_predictions.json)")
-        tuned_preds, backend = answers(tuned, rows, template, settings, quiet) if rows else ([], backend)
-        forgetting = forgetting_check(session, settings, base, tuned, cache_dir, quiet)
+        base_preds = base_answers(setup, backend, cache_dir, quiet)
+        tuned_preds, backend = (answers(setup.tuned, setup.rows, setup.template, setup.settings, quiet)
+                                if setup.rows else ([], backend))
+        forgetting = forgetting_check(session, setup.settings, setup.base, setup.tuned, cache_dir, quiet)
     finally:
         if session is not None:
             session.close()
+    return Answers(base_preds, tuned_preds, backend, forgetting)
 
-    tuned_scores = score_rows(rows, tuned_preds, metric_names, validator)
-    base_scores = score_rows(rows, base_preds, metric_names, validator) if base_preds is not None else None
-    tuned_agg = mx.aggregate(tuned_scores)
-    base_agg = mx.aggregate(base_scores) if base_scores is not None else None
 
-    gates = check_gates(settings, tuned_agg, forgetting)
-    failed = [g for g in gates if not g["passed"]]
+def score_answers(setup: EvalSetup, ans: Answers) -> Scores:
+    metric_names = setup.settings["metrics"]
+    tuned = score_rows(setup.rows, ans.tuned, metric_names, setup.validator)
+    base = score_rows(setup.rows, ans.base, metric_names, setup.validator) if ans.base is not None else None
+    return Scores(base, tuned, mx.aggregate(base) if base is not None else None, mx.aggregate(tuned))
 
-    pred_rows = []
+
+def prediction_rows(rows: list[dict], ans: Answers, sc: Scores) -> list[dict]:
+    """predictions.jsonl: per held-out row the question, the reference, and both models' answers and scores."""
+    out = []
     for i, r in enumerate(rows):
-        pred_rows.append({
+        out.append({
             "id": r["id"], "prompt": next((m["content"] for m in reversed(r["conversation"]) if m["role"] == "user"), ""),
             "reference": r["reference"], "key_fact": r.get("key_fact"),
-            "base": ({**base_preds[i], "scores": base_scores[i]} if base_preds is not None else None),
-            "tuned": {**tuned_preds[i], "scores": tuned_scores[i]},
+            "base": ({**ans.base[i], "scores": sc.base[i]} if ans.base is not None else None),
+            "tuned": {**ans.tuned[i], "scores": sc.tuned[i]},
         })
-    atomic_write_text(stage.run_dir / "predictions.jsonl",
-                      "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pred_rows))
-    result = {
+    return out
+
+
+def metrics_record(res, stage, setup: EvalSetup, ans: Answers, sc: Scores, gates: list[dict],
+                   seconds: float) -> dict:
+    """metrics.json: models, held-out file, settings, aggregates, forgetting and gates."""
+    settings, base_agg, tuned_agg = setup.settings, sc.base_agg, sc.tuned_agg
+    return {
         "recipe": res.recipe.name, "stage": stage.name,
         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "models": {"base": base.describe(), "tuned": tuned.describe()},
-        "held_out": {"file": str(held_path.relative_to(res.run_root)), "rows": len(rows),
-                     "sha256": sha256_file(held_path)},
-        "settings": {"metrics": metric_names, "max_new_tokens": settings["max_new_tokens"],
+        "models": {"base": setup.base.describe(), "tuned": setup.tuned.describe()},
+        "held_out": {"file": str(setup.held_path.relative_to(res.run_root)), "rows": len(setup.rows),
+                     "sha256": sha256_file(setup.held_path)},
+        "settings": {"metrics": settings["metrics"], "max_new_tokens": settings["max_new_tokens"],
                      "batch_size": settings["batch_size"], "limit": settings.get("limit"), "decoding": "greedy",
-                     "backend": backend, "device": _device(),
-                     "chat_template": "recipe's (from training config)" if template else "tokenizer's"},
+                     "backend": ans.backend, "device": _device(),
+                     "chat_template": "recipe's (from training config)" if setup.template else "tokenizer's"},
         "base": base_agg, "tuned": tuned_agg,
         "delta": ({k: tuned_agg[k] - base_agg[k] for k in tuned_agg if k in base_agg} if base_agg else None),
-        "forgetting": forgetting,
+        "forgetting": ans.forgetting,
         "gates": gates,
-        "passed": not failed,
-        "seconds": round(time.time() - t0, 1),
+        "passed": not failed_gates(gates),
+        "seconds": round(seconds, 1),
     }
-    atomic_write_json(stage.run_dir / "metrics.json", result)
-    print_summary(result)
-    try:
-        from runner.pipeline.report import report_for
 
-        path = report_for(res)
-        say(f"eval: report at {path}")
-    except Exception as exc:  # the gates must still be honoured if plotting breaks
-        say(f"warning: the report could not be written ({type(exc).__name__}: {exc}); "
-            f"run `tunebook report {res.recipe.name}` to retry")
+
+def run_eval_stage(res, stage, quiet: bool = False) -> dict:
+    """Run one eval stage; returns the metrics dict (also written to <stage dir>/metrics.json). A failed gate
+    raises GateFailed once predictions.jsonl and metrics.json are written."""
+    t0 = time.time()
+    setup = prepare_eval(res, stage)
+    stage.run_dir.mkdir(parents=True, exist_ok=True)
+    ans = model_answers(res, setup, quiet)
+    sc = score_answers(setup, ans)
+    gates = check_gates(setup.settings, sc.tuned_agg, ans.forgetting)
+    pred_rows = prediction_rows(setup.rows, ans, sc)
+    atomic_write_text(stage.paths.predictions, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pred_rows))
+    result = metrics_record(res, stage, setup, ans, sc, gates, time.time() - t0)
+    atomic_write_json(stage.paths.metrics, result)
+    print_summary(result)
     track(res, stage, result, pred_rows)
+    failed = failed_gates(gates)
     if failed:
         rel = lambda p: os.path.relpath(p, res.recipe.root)
-        raise GateFailed(failed, where=rel(stage.run_dir / "metrics.json"), report=rel(res.run_root / "report.md"))
+        raise GateFailed(failed, where=rel(stage.paths.metrics), report=rel(res.layout.report))
     return result
 
 
@@ -501,9 +511,9 @@ def track(res, stage, result: dict, pred_rows: list[dict]) -> None:
             with mlflow.start_run(run_name=f"{res.recipe.name}-{stage.name}",
                                   tags={"group": res.recipe.name, "job_type": stage.name}):
                 mlflow.log_metrics({k.replace("/", "."): float(v) for k, v in flat.items() if v is not None})
-                mlflow.log_artifact(str(stage.run_dir / "metrics.json"))
+                mlflow.log_artifact(str(StageLayout(stage.run_dir).metrics))
     except ImportError:
         say(f"warning: tracking: {tracking} is set but the {tracking} package is not installed; results are in "
-            f"{stage.run_dir / 'metrics.json'}")
+            f"{StageLayout(stage.run_dir).metrics}")
     except Exception as exc:  # a tracker outage must not fail an evaluated run
         say(f"warning: could not log the eval results to {tracking}: {type(exc).__name__}: {exc}")

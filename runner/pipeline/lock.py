@@ -10,7 +10,11 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from runner.fsutil import atomic_write_text, sha256_json
+from runner.errors import TunebookError
+from runner.fsutil import atomic_write_text, sha256_file, sha256_json
+from runner.layout import RunLayout
+from runner.recipe.resolve import ResolvedStage
+from runner.train.stage import output_hash
 
 PACKAGES = ("tunebook", "axolotl", "transformers", "peft", "trl", "torch", "bitsandbytes", "datasets",
             "accelerate")
@@ -45,6 +49,32 @@ class StageInputs:
     @property
     def hash(self) -> str:
         return sha256_json(self.to_dict())
+
+
+# What a stage made is hashed here, next to what it was made from: the lock records both, and runner.pipeline.decide
+# compares both. Hashing a model folder is the training stage's knowledge (train.stage.output_hash: which files
+# make a model); which folders count as a stage's outputs, for every kind of stage, is the lock's.
+
+
+def stage_outputs(stage: ResolvedStage) -> dict[str, Path]:
+    """The folders a finished stage leaves behind."""
+    if stage.kind == "merge":
+        return {"merged": stage.paths.merged}
+    if stage.kind == "eval":
+        return {"eval": stage.run_dir}
+    outs = {"output": stage.paths.output}
+    if stage.paths.merged.exists():
+        outs["merged"] = stage.paths.merged
+    return outs
+
+
+def outputs_hash(stage: ResolvedStage) -> str | None:
+    """One hash of everything a stage made (an eval stage: its metrics.json); None when any of it is missing."""
+    if stage.kind == "eval":
+        f = stage.paths.metrics
+        return sha256_file(f) if f.is_file() else None
+    hashes = {k: output_hash(p) for k, p in stage_outputs(stage).items()}
+    return None if any(v is None for v in hashes.values()) else sha256_json(hashes)
 
 
 def read_lock(path: Path) -> dict:
@@ -83,13 +113,12 @@ def why_stale(recorded: dict, current: dict) -> list[str]:
 
 def refuse_if_gate_failed(run_root: Path, recipe: str, action: str) -> None:
     """Stop export/serve of a run whose evaluation gate failed (an older model may still be on disk)."""
-    from runner.errors import TunebookError
-
-    lock = read_lock(run_root / "tunebook.lock")
+    path = RunLayout(Path(run_root)).lock
+    lock = read_lock(path)
     for name, entry in lock.get("stages", {}).items():
         if entry.get("gate") == "failed":
             gates = "; ".join(entry.get("failed_gates") or []) or "a gate failed"
             raise TunebookError(f"refusing to {action} {recipe}: stage '{name}' failed its evaluation gate ({gates})",
-                                where=str(run_root / "tunebook.lock"),
+                                where=str(path),
                                 fix=f"Improve the data or training and run `make train RECIPE={recipe}` until the "
                                     "gates pass (or change eval.gates in the recipe).")

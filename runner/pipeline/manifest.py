@@ -32,11 +32,11 @@ class Manifest:
 
     def __init__(self, res, data: dict):
         self.res, self.data = res, data
-        self.path = res.run_root / "manifest.json"
+        self.path = res.layout.manifest
 
     @classmethod
     def open(cls, res) -> "Manifest":
-        path = res.run_root / "manifest.json"
+        path = res.layout.manifest
         old = json.loads(path.read_text()) if path.is_file() else {}
         rec = res.recipe
         data = {
@@ -69,10 +69,10 @@ class Manifest:
             entry["metrics"] = trainlog.summary(trainlog.history(st.run_dir))
             entry["base_model"] = st.config.get("base_model")
         if st.kind == "eval":
-            f = st.run_dir / "metrics.json"
+            f = st.paths.metrics
             if f.is_file():
                 entry["metrics"] = json.loads(f.read_text())
-        best = st.run_dir / "best_epoch.json"
+        best = st.paths.best_epoch
         if best.is_file():
             entry["best_epoch"] = json.loads(best.read_text())
         self.data["stages"][st.name] = entry

@@ -1,6 +1,7 @@
 """runs/<recipe>/report.md and runs/<recipe>/plots/*.png, built from what the run actually logged: each training
 stage's Trainer log (train.log / trainer_state.json, via runner.train.trainlog) and each eval stage's metrics.json and
-predictions.jsonl. `tunebook report <recipe>` (make report) regenerates it without running anything."""
+predictions.jsonl. The pipeline writes it after an eval stage (the stages never call it); `tunebook report <recipe>`
+(make report) regenerates it without running anything."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,10 +10,16 @@ import os
 from pathlib import Path
 
 from runner.evaluate import metrics as mx
-from runner.train import trainlog
+from runner.evaluate.gates import describe_gate, failed_gates
 from runner.fsutil import atomic_dir, atomic_write_text
+from runner.layout import RunLayout
+from runner.recipe.load import TRAIN_KINDS
+from runner.recipe.shipped import training_stages
+from runner.train import trainlog
 
-TRAINING_KINDS = ("sft", "dpo", "orpo", "kto", "train")
+# "train": a training stage found in a run folder without a manifest, whose kind is not known (discover_stages).
+DISCOVERED_TRAINING = "train"
+TRAINING_KINDS = (*TRAIN_KINDS, DISCOVERED_TRAINING)
 TOP_CHANGED = 10
 
 
@@ -21,20 +28,22 @@ TOP_CHANGED = 10
 
 def discover_stages(run_root: Path) -> list[tuple[str, str]]:
     """(name, kind) of the stages of a run folder: from manifest.json, else from the folders' contents."""
-    man = run_root / "manifest.json"
+    layout = RunLayout(Path(run_root))
+    man = layout.manifest
     if man.is_file():
         try:
             stages = json.loads(man.read_text()).get("stages") or {}
             if stages:
-                return [(n, e.get("kind", "train")) for n, e in stages.items()]
+                return [(n, e.get("kind", DISCOVERED_TRAINING)) for n, e in stages.items()]
         except ValueError:
             pass
     out = []
-    for d in sorted(p for p in run_root.iterdir() if p.is_dir()):
-        if (d / "metrics.json").is_file() and (d / "predictions.jsonl").is_file():
+    for d in sorted(p for p in layout.root.iterdir() if p.is_dir()):
+        sl = layout.stage(d.name)
+        if sl.metrics.is_file() and sl.predictions.is_file():
             out.append((d.name, "eval"))
-        elif (d / "train.log").is_file() or (d / "output").is_dir():
-            out.append((d.name, "train"))
+        elif sl.log.is_file() or sl.output.is_dir():
+            out.append((d.name, DISCOVERED_TRAINING))
     return out
 
 
@@ -280,6 +289,7 @@ def write_report(run_root: Path, recipe_name: str | None = None, stages: list[tu
                  info: dict | None = None) -> Path:
     """Write <run_root>/report.md and <run_root>/plots/*.png; return the report's path."""
     run_root = Path(run_root)
+    layout = RunLayout(run_root)
     recipe_name = recipe_name or run_root.name
     stages = stages if stages is not None else discover_stages(run_root)
     md = [f"# Fine-tuning report: {recipe_name}", "",
@@ -291,11 +301,11 @@ def write_report(run_root: Path, recipe_name: str | None = None, stages: list[tu
     if info:
         md.append("")
     verdict, train_md, eval_md = [], [], []
-    with atomic_dir(run_root / "plots") as plots_dir:
+    with atomic_dir(layout.plots) as plots_dir:
         for name, kind in stages:
-            sdir = run_root / name
+            sl = layout.stage(name)
             if kind in TRAINING_KINDS:
-                hist = trainlog.history(sdir)
+                hist = trainlog.history(sl.dir)
                 made = {}
                 if plot_loss(hist, name, kind, plots_dir / f"loss_{name}.png"):
                     made["loss"] = f"loss_{name}.png"
@@ -303,21 +313,21 @@ def write_report(run_root: Path, recipe_name: str | None = None, stages: list[tu
                     made["margins"] = f"reward_margin_{name}.png"
                 train_md += _training_section(name, kind, hist, made)
             elif kind == "eval":
-                mfile = sdir / "metrics.json"
+                mfile = sl.metrics
                 if not mfile.is_file():
                     eval_md += [f"## Evaluation: {name}", "", "Not run yet.", ""]
                     continue
                 m = json.loads(mfile.read_text())
-                preds = _read_jsonl(sdir / "predictions.jsonl")
+                preds = _read_jsonl(sl.predictions)
                 plot = f"before_after_{name}.png"
                 if not plot_before_after(m, plots_dir / plot):
                     plot = None
                 eval_md += _eval_section(name, m, preds, plot)
-                failed = [g for g in m.get("gates", []) if not g.get("passed")]
+                failed = failed_gates(m.get("gates"))
                 if not m.get("gates"):
                     verdict.append(f"- {name}: no gates set (eval.gates); results below.")
                 elif failed:
-                    verdict.append(f"- {name}: **FAILED** — " + "; ".join(_gate_text(g) for g in failed)
+                    verdict.append(f"- {name}: **FAILED** — " + "; ".join(describe_gate(g) for g in failed)
                                    + ". The pipeline stopped before the stages after it.")
                 else:
                     verdict.append(f"- {name}: **passed** all {len(m['gates'])} gates.")
@@ -326,21 +336,15 @@ def write_report(run_root: Path, recipe_name: str | None = None, stages: list[tu
     if train_md:
         md += ["## Training", ""] + train_md
     md += eval_md
-    path = run_root / "report.md"
+    path = layout.report
     atomic_write_text(path, "\n".join(md).rstrip() + "\n")
     return path
-
-
-def _gate_text(g: dict) -> str:
-    from runner.evaluate.stage import describe_gate
-
-    return describe_gate(g)
 
 
 def report_for(res) -> Path:
     """The report of a resolved recipe's run folder."""
     rec = res.recipe
-    first = next((s for s in res.stages if s.config and s.kind in TRAINING_KINDS), None)
+    first = next(iter(training_stages(res)), None)
     info = {"recipe file": f"`{os.path.relpath(rec.path, rec.root)}`"}
     if first:
         info["base model"] = f"`{first.config.get('base_model')}`"

@@ -31,6 +31,10 @@ import yaml
 from runner.plan import estimate as P
 from runner.errors import TunebookError
 from runner.console import say
+from runner.layout import RunLayout, StageLayout
+from runner.pipeline.lock import package_versions as lock_package_versions
+from runner.train import trainlog
+from runner.train.axolotl import axolotl_cmd, child_env, dist_settings, launcher_args, run_logged
 
 DEFAULT_WARMUP, DEFAULT_STEPS = 3, 10
 RESULTS_DIR = Path("benchmarks") / "results"
@@ -65,10 +69,11 @@ def bench_config(stage_cfg: dict, variant_dir: Path, warmup: int, steps: int) ->
     cfg = copy.deepcopy(stage_cfg)
     for k in BENCH_DROP:
         cfg.pop(k, None)
+    paths = StageLayout(Path(variant_dir))
     cfg.update(max_steps=warmup + steps, logging_steps=1, include_tkps=True, save_strategy="no",
                save_first_step=False, eval_strategy="no", val_set_size=0, load_best_model_at_end=False,
-               auto_resume_from_checkpoints=False, output_dir=str(variant_dir / "output"),
-               dataset_prepared_path=str(variant_dir / "prepared"))
+               auto_resume_from_checkpoints=False, output_dir=str(paths.output),
+               dataset_prepared_path=str(paths.prepared))
     return cfg
 
 
@@ -305,9 +310,7 @@ class Options:
 
 
 def package_versions() -> dict:
-    from runner.pipeline.lock import package_versions as base
-
-    out = dict(base())
+    out = dict(lock_package_versions())
     for p in EXTRA_PACKAGES:
         try:
             out[p] = metadata.version(p)
@@ -339,7 +342,7 @@ def resolve_for_bench(name: str, root: Path, opt: Options, h=None):
         if opt.synthetic_rows:
             # Its own run folder, so the recipe's prepared data and reports are never overwritten.
             changes["name"] = f"{rec.name}-synthetic"
-            path = root / "runs" / changes["name"] / "source" / "train.jsonl"
+            path = RunLayout.for_recipe(root, changes["name"]).synthetic_rows
             write_synthetic(path, opt.synthetic_rows)
             data["data"] = {"train": str(path), "format": "alpaca"}
         rec = dataclasses.replace(rec, **changes)
@@ -434,16 +437,15 @@ def overridden_preset_keys(res, stage) -> list[str]:
 
 def run_variant(name: str, cfg: dict, res, root: Path, opt: Options, world: int, title: str) -> dict:
     """Run one configuration through Axolotl and measure it."""
-    from runner.train import trainlog
-    from runner.train.axolotl import axolotl_cmd, child_env, launcher_args, run_logged
-
-    vdir = res.run_root / "bench" / name
+    # Each variant's folder is laid out as a stage's (config, log, output).
+    paths = StageLayout(res.layout.bench / name)
+    vdir = paths.dir
     shutil.rmtree(vdir, ignore_errors=True)
     vdir.mkdir(parents=True)
     cfg = bench_config(cfg, vdir, opt.warmup, opt.steps)
-    path = vdir / "axolotl.yaml"
+    path = paths.config
     dump_config(path, cfg, title)
-    log = vdir / "train.log"
+    log = paths.log
     env = child_env({"WANDB_MODE": "disabled"})
     say(f"bench: {name}: {opt.warmup} warm-up + {opt.steps} measured steps ({path.relative_to(root)})")
     t0 = time.time()
@@ -494,7 +496,6 @@ def result_name(date: str, gpu_label: str, recipe: str, opt: Options) -> str:
 def bench(name: str, root: Path, opt: Options, argv: list[str] | None = None, h=None) -> tuple[dict, Path]:
     """Run the benchmark; write and return (result, path of the JSON)."""
     from runner.data import prepare as dataprep
-    from runner.train.axolotl import dist_settings
     from runner.fsutil import atomic_write_json
 
     if opt.steps < 1:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from runner.plan import estimate as P
 from runner.errors import TunebookError
+from runner.plan import estimate as P
+from runner.plan.target import resolve_for_gpu
 
 
 def check_fits_preset(resolved) -> str | None:
@@ -17,12 +18,10 @@ def check_fits_preset(resolved) -> str | None:
     gpu = (resolved.preset or {}).get("gpu")
     if not gpu:
         return None
-    from runner.cli.plan import resolve_for_gpu
-
     rec = resolved.recipe
     root = Path(rec.root)
     try:
-        target, stage, count = resolve_for_gpu(str(rec.path), root)
+        target, stage, count = resolve_for_gpu(rec)
         shape = P.load_model_shape(str(stage.config.get("base_model") or rec.data["base_model"]), root)
     except TunebookError:
         return None

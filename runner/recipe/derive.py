@@ -9,10 +9,14 @@ from __future__ import annotations
 import math
 
 from runner import hardware as hw
-from runner.recipe.load import Recipe, data_format
+from runner.chat_template import count_tokens
+from runner.formats import block_format, read_jsonl, to_messages
+from runner.recipe.load import Recipe
+from runner.tokenizer import load_tokenizer
 
 SMALL_DATA_ROWS = 2000   # below this, a dataset is a "fact set": several epochs are needed to learn it
 MIN_SEQ, SEQ_STEP = 128, 64
+VALIDATION_FRACTION = 0.1  # carved out of a small fact set to pick the best epoch
 
 
 def count_rows(rec: Recipe, block: dict) -> int:
@@ -55,16 +59,11 @@ def round_seq(n: int) -> int:
 
 def token_lengths(rec: Recipe, block: dict, model_dir, chat_template: str | None) -> list[int]:
     """Token count of each training row as the model sees it (chat template applied), counted the way the
-    data check counts them (`runner.data.tokens`)."""
-    from transformers import AutoTokenizer
-
-    from runner.data.prepare import read_jsonl, to_messages
-    from runner.data.tokens import count_tokens
-
-    fmt = data_format(block, rec.root)
+    data check counts them (`runner.chat_template.count_tokens`, which remembers them for the data check)."""
+    fmt = block_format(block, rec.root)
     if fmt not in ("alpaca", "chat"):
         return []
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir, local_only=True)
     files = block["train"] if isinstance(block["train"], list) else [block["train"]]
     convs = []
     for f in files:
@@ -77,9 +76,11 @@ def token_lengths(rec: Recipe, block: dict, model_dir, chat_template: str | None
 
 
 def percentile(values: list[int], q: float) -> int:
-    from runner.data.tokens import percentile as sorted_percentile
-
-    return sorted_percentile(sorted(values), q)
+    """Nearest-rank percentile of the values (0 when there are none); the data check's statistics use it too."""
+    s = sorted(values)
+    if not s:
+        return 0
+    return s[max(0, math.ceil(q * len(s)) - 1)]
 
 
 def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=None,
@@ -135,7 +136,7 @@ def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=
                                "against memorising, and on a CPU costs ~11% of each step); the best epoch "
                                "guards against overfitting")
     if trains_sft and rows and rows < SMALL_DATA_ROWS and "validation_fraction" not in block and rows >= 100:
-        out["_validation_fraction"] = 0.1
+        out["_validation_fraction"] = VALIDATION_FRACTION
         why["_validation_fraction"] = (f"{rows} rows: 10% carved out to pick the best epoch "
                                        "(the held-out file is kept for the final score)")
     if not h.cuda:

@@ -4,14 +4,16 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from runner.chat_template import inspect_tokenizer, template_without_default_system
 from runner.recipe.load import Recipe, looks_like_path
+from runner.tokenizer import has_tokenizer, load_tokenizer
 
 
 def _local_model_dir(rec: Recipe) -> Path | None:
     base = rec.data["base_model"]
     if looks_like_path(base):
         p = rec.resolve_path(base)
-        return p if (p / "tokenizer_config.json").is_file() or (p / "tokenizer.json").is_file() else None
+        return p if has_tokenizer(p) else None
     try:  # a hub id already in the local cache
         from huggingface_hub import snapshot_download
 
@@ -23,11 +25,7 @@ def _local_model_dir(rec: Recipe) -> Path | None:
 
 @lru_cache(maxsize=16)
 def _inspect(model_dir: str):
-    from transformers import AutoTokenizer
-
-    from runner.chat_template import inspect_tokenizer, template_without_default_system
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok = load_tokenizer(model_dir, local_only=True)
     rep = inspect_tokenizer(tok, Path(model_dir))
     stripped = template_without_default_system(tok) if rep.default_system else None
     return rep, stripped

@@ -7,12 +7,10 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import best_match
-from referencing import Registry, Resource
+from typing import TYPE_CHECKING
 
 from runner.errors import RecipeErrors, TunebookError
+from runner.formats import block_format
 from runner.recipe.yamlpos import Located, load_yaml
 
 # The checkout (or installed tree) that holds schema/ and recipes/presets/ next to runner/.
@@ -21,10 +19,15 @@ SCHEMA_DIR = PACKAGE_ROOT / "schema"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 TRAIN_KINDS = ("sft", "dpo", "orpo", "kto")
 PREFERENCE_KINDS = ("dpo", "orpo", "kto")
+if TYPE_CHECKING:  # jsonschema takes a tenth of a second to import: only when a recipe is validated
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
 
 
 @lru_cache(maxsize=None)
 def _schemas() -> Registry:
+    from referencing import Registry, Resource
+
     registry = Registry()
     for f in SCHEMA_DIR.glob("*.schema.json"):
         schema = json.loads(f.read_text())
@@ -35,6 +38,8 @@ def _schemas() -> Registry:
 
 def validator(schema_file: str) -> Draft202012Validator:
     """A validator for one of the shipped schemas, with cross-schema $refs resolved."""
+    from jsonschema import Draft202012Validator
+
     schema = json.loads((SCHEMA_DIR / schema_file).read_text())
     return Draft202012Validator(schema, registry=_schemas())
 
@@ -95,6 +100,8 @@ def describe_schema_error(err) -> tuple[tuple, str]:
         if isinstance(inst, str) and any("enum" in c.schema for c in err.context):
             kinds = next(c.schema["enum"] for c in err.context if "enum" in c.schema)
             return path, f"unknown stage '{inst}'{_did_you_mean(inst, kinds)} Stages are: {', '.join(kinds)}"
+        from jsonschema.exceptions import best_match
+
         return describe_schema_error(best_match(err.context))
     if v == "additionalProperties":
         allowed = sorted(sch.get("properties", {}))
@@ -192,28 +199,6 @@ def normalise_stages(data: dict) -> list[Stage]:
     return stages
 
 
-def _detect_format(path: Path) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                if line.strip():
-                    row = json.loads(line)
-                    break
-            else:
-                return None
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(row, dict):
-        return None
-    if "chosen" in row and "rejected" in row:
-        return "preference"
-    if "messages" in row or "conversations" in row:
-        return "chat"
-    if "instruction" in row or "output" in row:
-        return "alpaca"
-    return None
-
-
 def data_files(data: dict) -> list[tuple[tuple, str]]:
     """(key path inside the data block, file) for every file a data block names."""
     out = []
@@ -227,15 +212,6 @@ def data_files(data: dict) -> list[tuple[tuple, str]]:
     for i, m in enumerate(data.get("mix") or []):
         out.append((("mix", i, "file"), m["file"]))
     return out
-
-
-def data_format(data: dict, root: Path) -> str | None:
-    """The declared format, or the one detected from the first training file."""
-    if data.get("format") in ("alpaca", "chat", "preference"):
-        return data["format"]
-    train = data.get("train")
-    first = train if isinstance(train, str) else (train or [None])[0]
-    return _detect_format(root / first) if first else None
 
 
 def looks_like_path(model: str) -> bool:
@@ -285,7 +261,7 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
         if s.kind in TRAIN_KINDS:
             trained = True
             block = s.body.get("data") or d["data"]
-            fmt = data_format(block, root)
+            fmt = block_format(block, root)
             if s.kind in PREFERENCE_KINDS and fmt not in (None, "preference"):
                 add(kp + (s.kind,), f"a {s.kind} stage needs preference data (prompt/chosen/rejected rows) but "
                                     f"its data is in {fmt} format. Give the stage its own data: "

@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import hardware as hw
+from runner.formats import block_format
 from runner.layout import RunLayout, StageLayout
+from runner.recipe.derive import VALIDATION_FRACTION, derive_defaults
+from runner.recipe.hygiene import recipe_model_dir, template_settings
+from runner.recipe.load import PREFERENCE_KINDS, TRAIN_KINDS, Recipe, Stage, load_recipe, looks_like_path
 from runner.recipe.presets import load_defaults, load_preset
-from runner.recipe.load import PREFERENCE_KINDS, TRAIN_KINDS, Recipe, data_format, load_recipe, looks_like_path
 
 # tunebook `training:` keys → Axolotl keys (LoRA keys and method are handled separately).
 TRAINING_TO_AXOLOTL = {
@@ -37,6 +40,7 @@ TRAINING_TO_AXOLOTL = {
 BATCH_KEYS = ("micro_batch_size", "gradient_accumulation_steps")
 CPU_UNSAFE_OPTIMIZERS = ("8bit", "paged", "adamw_bnb", "lion", "ademamix")
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
+WIRING = "tunebook pipeline"  # the source of every key tunebook's pipeline sets itself
 
 
 @dataclass
@@ -72,6 +76,9 @@ class ResolvedStage:
     data_block: str | None = None
     upstream: str | None = None
     notes: list[str] = field(default_factory=list)
+    # Share of this stage's training rows the data step carves out as validation.jsonl (sft only): decided
+    # here, with the derived defaults, so the data step never derives anything itself.
+    validation_fraction: float = 0.0
 
     @property
     def paths(self) -> StageLayout:
@@ -212,6 +219,198 @@ def _find_upstream(stages, i) -> int | None:
     return None
 
 
+@dataclass
+class _Context:
+    """What every stage of one recipe is resolved against."""
+
+    rec: Recipe
+    h: hw.Hardware
+    layout: RunLayout
+    defaults: dict
+    preset: dict | None
+    derived: dict
+    derived_why: dict
+    tmpl_keys: dict
+    tmpl_why: dict
+    data_main: dict
+
+
+def _template_check(rec: Recipe, template_check: bool) -> tuple[dict, dict, list[str], Path | None]:
+    """(Axolotl keys, their reasons, notes) of the chat-template check, and the local model folder."""
+    if not template_check:
+        return {}, {}, [], None
+    keys, why, notes = template_settings(rec)
+    return keys, why, notes, recipe_model_dir(rec)
+
+
+def _derive(res: ResolvedRecipe, rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir: Path | None,
+            template: str | None) -> tuple[dict, dict]:
+    """Data/hardware-derived settings (issue: defaults that work); a derived validation split becomes part of
+    the main data block, so the lock notices when it changes."""
+    derived, why = derive_defaults(rec, preset, h, model_dir, template)
+    res.derived = {k: (v, why.get(k)) for k, v in derived.items()}
+    data_main = rec.data["data"]
+    val_fraction = data_main.get("validation_fraction", derived.get("_validation_fraction", 0))
+    if val_fraction and "validation_fraction" not in data_main:
+        data_main = {**data_main, "validation_fraction": val_fraction}
+    res.data_blocks["main"] = data_main
+    return derived, why
+
+
+def _stage_layers(ctx: _Context, s: Stage, adapted: list[str]) -> Layered:
+    """Every layer of a training stage's config up to the template check (see the module docstring)."""
+    rec, preset, h, derived = ctx.rec, ctx.preset, ctx.h, ctx.derived
+    cfg = Layered()
+    cfg.update(ctx.defaults.get("axolotl"), "tunebook default", ctx.defaults.get("why"))
+    _apply_training(cfg, ctx.defaults.get("training") or {}, "tunebook default", ctx.defaults.get("why"))
+    if preset:
+        _apply_training(cfg, preset.get("training") or {}, f"preset {preset['name']}", preset.get("why"))
+        cfg.update(preset.get("axolotl"), f"preset {preset['name']}", preset.get("why"))
+        if preset.get("deepspeed_path"):
+            cfg.set("deepspeed", preset["deepspeed_path"], f"preset {preset['name']}",
+                    (preset.get("why") or {}).get("deepspeed"))
+    # Data-driven values (epochs, learning rate, sequence length, packing) beat the preset's generic ones;
+    # the batch shape is the preset's, sized for its GPU, except on a CPU where the data decides it.
+    skip = {"epochs", "learning_rate"} if s.kind in PREFERENCE_KINDS else set()
+    if preset and h.cuda:
+        skip |= {k for k in BATCH_KEYS if k in (preset.get("training") or {})}
+    _apply_training(cfg, {k: v for k, v in derived.items() if k not in skip}, "derived", ctx.derived_why)
+    _apply_training(cfg, rec.data.get("training") or {}, "recipe")
+    if s.kind in PREFERENCE_KINDS:
+        # Preference tuning moves a model that already answers well: gentle defaults.
+        pref = {"learning_rate": 5.0e-6 if cfg.values.get("adapter") is None else 5.0e-5, "epochs": 1}
+        for k, v in pref.items():
+            if not (rec.data.get("training") or {}).get(k):
+                _apply_training(cfg, {k: v}, "tunebook default",
+                                {k: f"{s.kind} refines an already-tuned model: small steps"})
+    _apply_training(cfg, s.body.get("training") or {}, f"stage {s.name}")
+    adapted += [c for c in adapt_to_hardware(cfg, h) if c not in adapted]
+    cfg.update(ctx.tmpl_keys, "template check", ctx.tmpl_why)
+    return cfg
+
+
+def _wire_merge(s: Stage, up: ResolvedStage, sdir: Path) -> ResolvedStage:
+    """merge-lora: the upstream stage's config, pointed at its adapter, writing <stage dir>/merged."""
+    cfg = Layered(values=copy.deepcopy(up.config), sources=dict(up.sources))
+    cfg.set("lora_model_dir", str(up.output_dir), WIRING, f"the adapter trained by stage {up.name}")
+    cfg.set("output_dir", str(sdir), WIRING, "merge-lora writes <output_dir>/merged")
+    rs = ResolvedStage(s.name, s.kind, s.index, None, cfg.sources, sdir, up.data_block, up.name)
+    rs.config = cfg.values
+    return rs
+
+
+def _wire_base_model(cfg: Layered, rec: Recipe, s: Stage, up: ResolvedStage | None) -> None:
+    """The recipe's base model, or the model the upstream training stage leaves."""
+    base = rec.data["base_model"]
+    if looks_like_path(base):
+        base = str(rec.resolve_path(base))
+    cfg.set("base_model", base, "recipe")
+    if up is not None and s.kind in PREFERENCE_KINDS:
+        mode = s.body.get("from", "merged")
+        if mode == "adapter" and up.config.get("adapter"):
+            cfg.set("base_model", up.config["base_model"], WIRING, f"same base as stage {up.name}")
+            cfg.set("lora_model_dir", str(up.output_dir), WIRING,
+                    f"continue training the adapter of stage {up.name}")
+        elif up.config.get("adapter"):
+            cfg.set("base_model", str(up.paths.merged), WIRING,
+                    f"stage {up.name}'s adapter merged into its base; this stage trains a fresh adapter")
+        else:
+            cfg.set("base_model", str(up.output_dir), WIRING, f"the full fine-tune of stage {up.name}")
+    elif up is not None and s.kind == "sft":
+        cfg.set("base_model", str(up.paths.merged) if up.config.get("adapter") else str(up.output_dir),
+                WIRING, f"continues from stage {up.name}")
+
+
+def _datasets(cfg: Layered, ctx: _Context, s: Stage, block: dict, block_name: str) -> None:
+    """The prepared train file (and validation file, when the block has a validation split) as Axolotl datasets."""
+    fmt = block_format(block, ctx.rec.root)
+    data_file = ctx.layout.data_file(block_name, "train")
+    if s.kind in PREFERENCE_KINDS:
+        cfg.set("rl", s.kind, WIRING)
+        ds = {"path": str(data_file), "ds_type": "json", "split": "train", "type": "chat_template.default",
+              "field_messages": "messages", "field_chosen": "chosen", "field_rejected": "rejected"}
+        for k in ("sample_packing",):
+            cfg.set(k, False, WIRING, f"{s.kind} pairs chosen/rejected per row; packing does not apply")
+    else:
+        ds = {"path": str(data_file), "ds_type": "json", "type": "chat_template",
+              "field_messages": "messages", "roles_to_train": ["assistant"], "train_on_eos": "turn"}
+    if s.kind not in PREFERENCE_KINDS:
+        cfg.drop("rl_beta")
+    cfg.set("datasets", [ds], WIRING, f"{fmt or 'detected'} data, normalised by tunebook")
+    if s.kind == "sft" and block.get("validation_fraction"):
+        val = ctx.layout.data_file(block_name, "validation")
+        vwhy = "validation split carved from the training data (never the held-out file)"
+        cfg.set("test_datasets", [{**ds, "path": str(val), "split": "train"}], WIRING, vwhy)
+        cfg.set("eval_strategy", "epoch", WIRING, "evaluate once per epoch")
+        cfg.set("save_strategy", "epoch", WIRING, "one checkpoint per epoch, so the best can be kept")
+        # Axolotl turns an unset limit into 4, which would delete early epochs before the choice is made;
+        # one more than the epochs covers the partial last step Axolotl's packing estimate can add.
+        keep = math.ceil(float(cfg.values.get("num_epochs") or 1)) + 1
+        cfg.set("save_total_limit", max(4, keep), WIRING,
+                "keep every epoch's checkpoint: tunebook keeps the best epoch's adapter after training")
+        cfg.drop("saves_per_epoch")
+        cfg.drop("val_set_size")
+        if cfg.values.get("max_steps"):
+            cfg.drop("save_steps")
+
+
+def _checkpointing(cfg: Layered, ctx: _Context, s: Stage) -> None:
+    """Checkpoint interval, output folders, and resuming a stage that was cut off."""
+    if cfg.values.get("save_steps") and cfg.values.get("saves_per_epoch"):
+        cfg.drop("saves_per_epoch")  # the recipe chose its own checkpoint interval
+    elif cfg.values.get("max_steps") and cfg.values.get("saves_per_epoch"):
+        cfg.drop("saves_per_epoch")
+        cfg.set("save_steps", max(1, int(cfg.values["max_steps"]) // 2), WIRING,
+                "max_steps is set: checkpoint halfway and at the end")
+    cfg.set("output_dir", str(ctx.layout.stage(s.name).output), WIRING)
+    cfg.set("dataset_prepared_path", str(ctx.layout.stage(s.name).prepared), WIRING,
+            "per-stage cache, so one stage's tokenisation never leaks into another")
+    cfg.set("auto_resume_from_checkpoints", True, WIRING,
+            "a stage that was cut off resumes from its last checkpoint")
+
+
+def _tracking(cfg: Layered, rec: Recipe, s: Stage) -> None:
+    """The recipe's experiment tracker, one run per stage grouped by recipe."""
+    tracking = rec.data.get("tracking", "none")
+    if tracking == "wandb":
+        cfg.set("wandb_project", f"tunebook-{rec.name}", "recipe tracking")
+        cfg.set("wandb_name", f"{rec.name}-{s.name}", "recipe tracking")
+        cfg.set("wandb_mode", os.environ.get("WANDB_MODE", "offline"), "recipe tracking",
+                "offline unless WANDB_MODE says otherwise; the run group (recipe) and job type (stage) "
+                "are passed as WANDB_RUN_GROUP / WANDB_JOB_TYPE")
+    elif tracking == "mlflow":
+        cfg.set("use_mlflow", True, "recipe tracking")
+        cfg.set("mlflow_experiment_name", f"tunebook-{rec.name}", "recipe tracking")
+        cfg.set("mlflow_run_name", f"{rec.name}-{s.name}", "recipe tracking")
+
+
+def _validation_fraction(kind: str, block: dict, config: dict) -> float:
+    """The validation split the data step carves for a stage: the block's (declared or derived), or the
+    default one when the recipe's `axolotl:` asks for test_datasets itself."""
+    if kind != "sft":
+        return 0.0
+    if "validation_fraction" in block:
+        return float(block["validation_fraction"] or 0.0)
+    return VALIDATION_FRACTION if config.get("test_datasets") else 0.0
+
+
+def _wire_stage(ctx: _Context, s: Stage, cfg: Layered, up: ResolvedStage | None, sdir: Path) -> ResolvedStage:
+    """Pipeline wiring of a training stage (model chaining, data, checkpoints, tracking), then the raw
+    `axolotl:` blocks, which win over everything."""
+    rec = ctx.rec
+    block_name = s.name if s.body.get("data") else "main"
+    block = s.body.get("data") or ctx.data_main
+    _wire_base_model(cfg, rec, s, up)
+    _datasets(cfg, ctx, s, block, block_name)
+    _checkpointing(cfg, ctx, s)
+    _tracking(cfg, rec, s)
+    cfg.update(rec.data.get("axolotl"), "recipe axolotl:")
+    cfg.update(s.body.get("axolotl"), f"stage {s.name} axolotl:")
+    return ResolvedStage(s.name, s.kind, s.index, cfg.values, cfg.sources, sdir, block_name,
+                         up.name if up else None,
+                         validation_fraction=_validation_fraction(s.kind, block, cfg.values))
+
+
 def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | None = None,
             template_check: bool = True) -> ResolvedRecipe:
     """Resolve every stage of a validated recipe (pure: writes nothing).
@@ -222,150 +421,32 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
     defaults = load_defaults(root)
     preset = load_preset(rec.data["preset"], root) if rec.data.get("preset") else None
     layout = RunLayout.for_recipe(root, rec.name, runs_dir)
-    run_root = layout.root
-    res = ResolvedRecipe(recipe=rec, preset=preset, hardware=h, stages=[], run_root=run_root)
-    data_main = rec.data["data"]
-    res.data_blocks["main"] = data_main
-
-    from runner.recipe.derive import derive_defaults  # data/hardware-derived settings (issue: defaults that work)
-    from runner.recipe.hygiene import recipe_model_dir, template_settings
-
-    tmpl_keys, tmpl_why, tmpl_notes = (template_settings(rec) if template_check else ({}, {}, []))
+    res = ResolvedRecipe(recipe=rec, preset=preset, hardware=h, stages=[], run_root=layout.root)
+    res.data_blocks["main"] = rec.data["data"]
+    tmpl_keys, tmpl_why, tmpl_notes, model_dir = _template_check(rec, template_check)
     res.notes += tmpl_notes
-    model_dir = recipe_model_dir(rec) if template_check else None
-    derived, derived_why = derive_defaults(rec, preset, h, model_dir, tmpl_keys.get("chat_template_jinja"))
-    res.derived = {k: (v, derived_why.get(k)) for k, v in derived.items()}
-    val_fraction = data_main.get("validation_fraction", derived.get("_validation_fraction", 0))
-    if val_fraction and "validation_fraction" not in data_main:
-        # The derived split becomes part of the data block, so the lock notices when it changes.
-        res.data_blocks["main"] = data_main = {**data_main, "validation_fraction": val_fraction}
+    derived, derived_why = _derive(res, rec, preset, h, model_dir, tmpl_keys.get("chat_template_jinja"))
+    ctx = _Context(rec, h, layout, defaults, preset, derived, derived_why, tmpl_keys, tmpl_why,
+                   res.data_blocks["main"])
 
     prev_output: dict[str, ResolvedStage] = {}
     adapted: list[str] = []
     for s in rec.stages:
         sdir = layout.stage(s.name).dir
-        if s.kind == "eval":
-            up = _find_upstream(rec.stages, s.index)
-            res.stages.append(ResolvedStage(s.name, s.kind, s.index, None, {}, sdir, "main",
-                                            rec.stages[up].name if up is not None else None))
-            continue
-        cfg = Layered()
-        cfg.update(defaults.get("axolotl"), "tunebook default", defaults.get("why"))
-        _apply_training(cfg, defaults.get("training") or {}, "tunebook default", defaults.get("why"))
-        if preset:
-            _apply_training(cfg, preset.get("training") or {}, f"preset {preset['name']}", preset.get("why"))
-            cfg.update(preset.get("axolotl"), f"preset {preset['name']}", preset.get("why"))
-            if preset.get("deepspeed_path"):
-                cfg.set("deepspeed", preset["deepspeed_path"], f"preset {preset['name']}",
-                        (preset.get("why") or {}).get("deepspeed"))
-        block_name = s.name if s.body.get("data") else "main"
-        # Data-driven values (epochs, learning rate, sequence length, packing) beat the preset's generic ones;
-        # the batch shape is the preset's, sized for its GPU, except on a CPU where the data decides it.
-        skip = {"epochs", "learning_rate"} if s.kind in PREFERENCE_KINDS else set()
-        if preset and h.cuda:
-            skip |= {k for k in BATCH_KEYS if k in (preset.get("training") or {})}
-        _apply_training(cfg, {k: v for k, v in derived.items() if k not in skip}, "derived", derived_why)
-        _apply_training(cfg, rec.data.get("training") or {}, "recipe")
-        if s.kind in PREFERENCE_KINDS:
-            # Preference tuning moves a model that already answers well: gentle defaults.
-            pref = {"learning_rate": 5.0e-6 if cfg.values.get("adapter") is None else 5.0e-5, "epochs": 1}
-            for k, v in pref.items():
-                if not (rec.data.get("training") or {}).get(k):
-                    _apply_training(cfg, {k: v}, "tunebook default",
-                                    {k: f"{s.kind} refines an already-tuned model: small steps"})
-        _apply_training(cfg, s.body.get("training") or {}, f"stage {s.name}")
-        adapted += [c for c in adapt_to_hardware(cfg, h) if c not in adapted]
-        cfg.update(tmpl_keys, "template check", tmpl_why)
-
-        # Pipeline wiring.
-        wiring = "tunebook pipeline"
         up_i = _find_upstream(rec.stages, s.index)
+        if s.kind == "eval":
+            res.stages.append(ResolvedStage(s.name, s.kind, s.index, None, {}, sdir, "main",
+                                            rec.stages[up_i].name if up_i is not None else None))
+            continue
+        cfg = _stage_layers(ctx, s, adapted)
         up = prev_output.get(rec.stages[up_i].name) if up_i is not None else None
         if s.kind == "merge":
-            if up is None:
-                continue  # validation refuses this; resolve stays total
-            cfg = Layered(values=copy.deepcopy(up.config), sources=dict(up.sources))
-            cfg.set("lora_model_dir", str(up.output_dir), wiring, f"the adapter trained by stage {up.name}")
-            cfg.set("output_dir", str(sdir), wiring, "merge-lora writes <output_dir>/merged")
-            rs = ResolvedStage(s.name, s.kind, s.index, None, cfg.sources, sdir, up.data_block, up.name)
-            rs.config = cfg.values
-            res.stages.append(rs)
+            if up is not None:  # validation refuses a merge without a training stage; resolve stays total
+                res.stages.append(_wire_merge(s, up, sdir))
             continue
-        base = rec.data["base_model"]
-        if looks_like_path(base):
-            base = str(rec.resolve_path(base))
-        cfg.set("base_model", base, "recipe")
-        if up is not None and s.kind in PREFERENCE_KINDS:
-            mode = s.body.get("from", "merged")
-            if mode == "adapter" and up.config.get("adapter"):
-                cfg.set("base_model", up.config["base_model"], wiring, f"same base as stage {up.name}")
-                cfg.set("lora_model_dir", str(up.output_dir), wiring,
-                        f"continue training the adapter of stage {up.name}")
-            elif up.config.get("adapter"):
-                cfg.set("base_model", str(up.paths.merged), wiring,
-                        f"stage {up.name}'s adapter merged into its base; this stage trains a fresh adapter")
-            else:
-                cfg.set("base_model", str(up.output_dir), wiring, f"the full fine-tune of stage {up.name}")
-        elif up is not None and s.kind == "sft":
-            cfg.set("base_model", str(up.paths.merged) if up.config.get("adapter") else str(up.output_dir),
-                    wiring, f"continues from stage {up.name}")
-        fmt = data_format(s.body.get("data") or data_main, root)
-        data_file = layout.data_file(block_name, "train")
-        if s.kind in PREFERENCE_KINDS:
-            cfg.set("rl", s.kind, wiring)
-            ds = {"path": str(data_file), "ds_type": "json", "split": "train", "type": "chat_template.default",
-                  "field_messages": "messages", "field_chosen": "chosen", "field_rejected": "rejected"}
-            for k in ("sample_packing",):
-                cfg.set(k, False, wiring, f"{s.kind} pairs chosen/rejected per row; packing does not apply")
-        else:
-            ds = {"path": str(data_file), "ds_type": "json", "type": "chat_template",
-                  "field_messages": "messages", "roles_to_train": ["assistant"], "train_on_eos": "turn"}
-        if s.kind not in PREFERENCE_KINDS:
-            cfg.drop("rl_beta")
-        cfg.set("datasets", [ds], wiring, f"{fmt or 'detected'} data, normalised by tunebook")
-        val = layout.data_file(block_name, "validation")
-        if s.kind == "sft" and (s.body.get("data") or data_main).get("validation_fraction"):
-            vwhy = "validation split carved from the training data (never the held-out file)"
-            cfg.set("test_datasets", [{**ds, "path": str(val), "split": "train"}], wiring, vwhy)
-            cfg.set("eval_strategy", "epoch", wiring, "evaluate once per epoch")
-            cfg.set("save_strategy", "epoch", wiring, "one checkpoint per epoch, so the best can be kept")
-            # Axolotl turns an unset limit into 4, which would delete early epochs before the choice is made;
-            # one more than the epochs covers the partial last step Axolotl's packing estimate can add.
-            keep = math.ceil(float(cfg.values.get("num_epochs") or 1)) + 1
-            cfg.set("save_total_limit", max(4, keep), wiring,
-                    "keep every epoch's checkpoint: tunebook keeps the best epoch's adapter after training")
-            cfg.drop("saves_per_epoch")
-            cfg.drop("val_set_size")
-            if cfg.values.get("max_steps"):
-                cfg.drop("save_steps")
-        if cfg.values.get("save_steps") and cfg.values.get("saves_per_epoch"):
-            cfg.drop("saves_per_epoch")  # the recipe chose its own checkpoint interval
-        elif cfg.values.get("max_steps") and cfg.values.get("saves_per_epoch"):
-            cfg.drop("saves_per_epoch")
-            cfg.set("save_steps", max(1, int(cfg.values["max_steps"]) // 2), wiring,
-                    "max_steps is set: checkpoint halfway and at the end")
-        cfg.set("output_dir", str(layout.stage(s.name).output), wiring)
-        cfg.set("dataset_prepared_path", str(layout.stage(s.name).prepared), wiring,
-                "per-stage cache, so one stage's tokenisation never leaks into another")
-        cfg.set("auto_resume_from_checkpoints", True, wiring,
-                "a stage that was cut off resumes from its last checkpoint")
-        tracking = rec.data.get("tracking", "none")
-        if tracking == "wandb":
-            cfg.set("wandb_project", f"tunebook-{rec.name}", "recipe tracking")
-            cfg.set("wandb_name", f"{rec.name}-{s.name}", "recipe tracking")
-            cfg.set("wandb_mode", os.environ.get("WANDB_MODE", "offline"), "recipe tracking",
-                    "offline unless WANDB_MODE says otherwise; the run group (recipe) and job type (stage) "
-                    "are passed as WANDB_RUN_GROUP / WANDB_JOB_TYPE")
-        elif tracking == "mlflow":
-            cfg.set("use_mlflow", True, "recipe tracking")
-            cfg.set("mlflow_experiment_name", f"tunebook-{rec.name}", "recipe tracking")
-            cfg.set("mlflow_run_name", f"{rec.name}-{s.name}", "recipe tracking")
-        cfg.update(rec.data.get("axolotl"), "recipe axolotl:")
-        cfg.update(s.body.get("axolotl"), f"stage {s.name} axolotl:")
-        rs = ResolvedStage(s.name, s.kind, s.index, cfg.values, cfg.sources, sdir, block_name,
-                           up.name if up else None)
-        if block_name != "main":
-            res.data_blocks[block_name] = s.body["data"]
+        rs = _wire_stage(ctx, s, cfg, up, sdir)
+        if rs.data_block != "main":
+            res.data_blocks[rs.data_block] = s.body["data"]
         prev_output[s.name] = rs
         res.stages.append(rs)
     if adapted:

@@ -24,38 +24,33 @@ import yaml
 from runner.errors import TunebookError
 from runner.fsutil import atomic_open
 from runner.pipeline.lock import refuse_if_gate_failed
+from runner.recipe.load import TRAIN_KINDS
+from runner.recipe.resolve import ResolvedRecipe, ResolvedStage
+from runner.recipe.shipped import shipped_model
 
 FORMATS = ("adapter", "merged")
-TRAIN_KINDS = ("sft", "dpo", "orpo", "kto")
 
 
-def model_dir(res, fmt: str) -> tuple[Path, object]:
-    """(folder to export, the training stage it comes from)."""
-    stages = [s for s in res.stages if s.kind in TRAIN_KINDS and s.config]
-    if not stages:
-        raise TunebookError(f"recipe {res.recipe.name} has no training stage: nothing to export")
-    st = stages[-1]
+def model_dir(res: ResolvedRecipe, fmt: str) -> tuple[Path, ResolvedStage]:
+    """(folder to export, the training stage it comes from): what the run ships (runner.recipe.shipped)."""
+    model = shipped_model(res, action="export")
+    st = model.stage
     name = res.recipe.name
+    rel = lambda p: os.path.relpath(p, res.recipe.root)
     if fmt == "adapter":
-        if not st.config.get("adapter"):
+        if model.adapter is None:
             raise TunebookError(f"recipe {name} trains all weights in stage {st.name}: there is no adapter",
                                 fix=f"Export the model: `tunebook export {name} --format merged`.")
-        path = st.output_dir
-        if not (path / "adapter_config.json").is_file():
-            raise TunebookError(f"no trained adapter at runs/{name}/{st.name}/output",
+        if not (model.adapter / "adapter_config.json").is_file():
+            raise TunebookError(f"no trained adapter at {rel(model.adapter)}",
                                 fix=f"Run `make train RECIPE={name}` first.")
-        return path, st
-    merge = next((s for s in res.stages if s.kind == "merge" and s.upstream == st.name), None)
-    if merge is not None:
-        path = merge.run_dir / "merged"
-    elif not st.config.get("adapter"):
-        path = st.output_dir
-    else:
+        return model.adapter, st
+    path = model.merged
+    if path is None:
         raise TunebookError(f"recipe {name} has no merge stage after {st.name}: there is no merged model",
                             fix="Export the adapter (--format adapter) or add `merge` to the recipe's stages.")
     if not (path / "config.json").is_file():
-        raise TunebookError(f"no merged model at {os.path.relpath(path, res.recipe.root)}",
-                            fix=f"Run `make train RECIPE={name}` first.")
+        raise TunebookError(f"no merged model at {rel(path)}", fix=f"Run `make train RECIPE={name}` first.")
     return path, st
 
 
@@ -72,12 +67,12 @@ def model_files(path: Path) -> list[Path]:
     return out
 
 
-def eval_results(run_root: Path) -> dict[str, dict]:
-    """metrics.json of every eval stage (runs/<recipe>/eval*/metrics.json)."""
+def eval_results(res: ResolvedRecipe) -> dict[str, dict]:
+    """metrics.json of every eval stage that has one, by stage name."""
     out = {}
-    for f in sorted(run_root.glob("eval*/metrics.json")):
+    for st in sorted((s for s in res.stages if s.kind == "eval"), key=lambda s: s.name):
         with contextlib.suppress(OSError, ValueError):
-            out[f.parent.name] = json.loads(f.read_text())
+            out[st.name] = json.loads(st.paths.metrics.read_text())
     return out
 
 
@@ -159,24 +154,22 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> No
     tar.addfile(info, io.BytesIO(data))
 
 
-def export(name: str, root: Path, fmt: str) -> Path:
+def export(res: ResolvedRecipe, fmt: str) -> Path:
     """Write runs/<recipe>/export/<recipe>-<fmt>.tar.gz atomically; return its path."""
-    from runner.recipe.resolve import resolve_recipe_by_name
-
     if fmt not in FORMATS:
         raise TunebookError(f"unknown export format '{fmt}'", fix=f"Use one of: {', '.join(FORMATS)}.")
-    res = resolve_recipe_by_name(name, root, template_check=False)
+    name = res.recipe.name
     src, st = model_dir(res, fmt)
-    run_root = res.run_root
-    manifest = json.loads((run_root / "manifest.json").read_text()) if (run_root / "manifest.json").is_file() else {}
-    lock_path = run_root / "tunebook.lock"
-    if not lock_path.is_file():
-        raise TunebookError(f"runs/{name}/tunebook.lock is missing", fix=f"Run `make train RECIPE={name}` first.")
-    refuse_if_gate_failed(run_root, name, "export")
-    lock = json.loads(lock_path.read_text())
-    card = model_card(res, fmt, st, manifest, lock, eval_results(run_root))
+    layout = res.layout
+    manifest = json.loads(layout.manifest.read_text()) if layout.manifest.is_file() else {}
+    if not layout.lock.is_file():
+        raise TunebookError(f"{os.path.relpath(layout.lock, res.recipe.root)} is missing",
+                            fix=f"Run `make train RECIPE={name}` first.")
+    refuse_if_gate_failed(layout.root, name, "export")
+    lock = json.loads(layout.lock.read_text())
+    card = model_card(res, fmt, st, manifest, lock, eval_results(res))
     top = f"{name}-{fmt}"
-    dest = run_root / "export" / f"{top}.tar.gz"
+    dest = layout.export_dir / f"{top}.tar.gz"
     now = time.time()
     with atomic_open(dest, "wb") as fh:
         with tarfile.open(fileobj=fh, mode="w:gz", compresslevel=3) as tar:
@@ -184,7 +177,7 @@ def export(name: str, root: Path, fmt: str) -> Path:
                 tar.add(src / rel, arcname=f"{top}/{rel.as_posix()}", recursive=False)
             _add_bytes(tar, f"{top}/README.md", card.encode(), now)
             _add_bytes(tar, f"{top}/recipe.yaml", res.recipe.path.read_bytes(), res.recipe.path.stat().st_mtime)
-            _add_bytes(tar, f"{top}/tunebook.lock", lock_path.read_bytes(), lock_path.stat().st_mtime)
+            _add_bytes(tar, f"{top}/tunebook.lock", layout.lock.read_bytes(), layout.lock.stat().st_mtime)
             if manifest:
-                _add_bytes(tar, f"{top}/manifest.json", (run_root / "manifest.json").read_bytes(), now)
+                _add_bytes(tar, f"{top}/manifest.json", layout.manifest.read_bytes(), now)
     return dest

@@ -29,9 +29,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.console import say
 from runner.errors import TunebookError
 from runner.fsutil import atomic_write_json
-from runner.console import say
+from runner.layout import RunLayout
+from runner.plan import estimate as P
+from runner.plan.target import recipe_tokens, target_hardware
+from runner.recipe.load import TRAIN_KINDS, Recipe
+from runner.recipe.resolve import resolve
+from runner.ship.providers import (AuthError, Instance, LaunchSpec, NoCapacity, NotFound, Provider, ProviderError,
+                                   get_provider)
 
 # Secrets forwarded to the instance when set here (values never printed). Extend with --env NAME.
 SECRET_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
@@ -179,6 +186,21 @@ def heartbeat(url: str, run_dir: Path, log: Path, interval: float, once: bool = 
         time.sleep(interval)
 
 
+def push_final(run_dir: Path, url: str, exit_code: int, log: Path | None = None,
+               include_checkpoints: bool = False) -> tuple[int, str]:
+    """Container side, after training: upload runs/<recipe>/ (checkpoints too with `include_checkpoints` or
+    TUNEBOOK_UPLOAD_CHECKPOINTS=1), the log tail and the final status; returns (files uploaded, final state)."""
+    include = include_checkpoints or os.environ.get("TUNEBOOK_UPLOAD_CHECKPOINTS") == "1"
+    n = push_run(run_dir, url, include_checkpoints=include) if run_dir.is_dir() else 0
+    lines, total = log_tail_lines(log) if log else ([], 0)
+    if log:
+        write_log(url, "\n".join(lines) + "\n")
+    state = "succeeded" if exit_code == 0 else "failed"
+    write_status(url, state, exit_code=exit_code, stage=current_stage(run_dir), files=n, log_lines=total,
+                 log_first_line=max(0, total - len(lines)))
+    return n, state
+
+
 # ---------------------------------------------------------------------------------------------- estimate
 @dataclass
 class Estimate:
@@ -218,16 +240,12 @@ def _dur(hours: float) -> str:
     return f"{hours:.1f} h" if hours >= 1 else f"{max(1, round(hours * 60))} min"
 
 
-def planner_hours(recipe: str, root: Path, gpu: str, gpus: int) -> tuple[float | None, str]:
+def planner_hours(rec: Recipe, gpu: str, gpus: int) -> tuple[float | None, str]:
     """Training hours of every training stage on `gpus` x `gpu`, from runner.plan.estimate (None + why when unknown)."""
     try:
-        from runner.plan import estimate as P
-        from runner.cli import plan as plan_cli
-        from runner.recipe.load import TRAIN_KINDS
-        from runner.recipe.resolve import resolve_recipe_by_name
-
         g = P.gpu_by_id(gpu)
-        res = resolve_recipe_by_name(recipe, root, h=plan_cli.target_hardware(g, gpus), template_check=False)
+        res = resolve(rec, h=target_hardware(g, gpus), template_check=False)
+        root = rec.root
         total, parts = 0.0, []
         for st in res.stages:
             if st.kind not in TRAIN_KINDS or not st.config:
@@ -237,7 +255,7 @@ def planner_hours(recipe: str, root: Path, gpu: str, gpus: int) -> tuple[float |
                 base = res.recipe.data["base_model"]
             shape = P.load_model_shape(base, root)
             setup = P.TrainSetup.from_axolotl_config(st.config, root, n_gpus=gpus)
-            tokens, _ = plan_cli.recipe_tokens(res, st, root)
+            tokens, _ = recipe_tokens(res, st)
             if not tokens:
                 return None, f"no token count for stage {st.name}"
             plan = P.make_plan(shape, setup, [g], primary=g.id, tokens_per_epoch=tokens,
@@ -258,8 +276,6 @@ def planner_hours(recipe: str, root: Path, gpu: str, gpus: int) -> tuple[float |
 def table_price(cloud: str, gpu: str, gpus: int) -> tuple[float | None, str]:
     """Per-machine USD/h from recipes/presets/gpu-prices.yaml for this provider (secure/on-demand tier first)."""
     try:
-        from runner.plan import estimate as P
-
         offers = [o for o in P.prices(gpu) if str(o.get("provider", "")).lower() == cloud]
     except Exception as exc:  # the table is another module's; a broken one must not stop a launch
         return None, f"no price table ({type(exc).__name__})"
@@ -328,11 +344,11 @@ class SignalGuard:
 # ---------------------------------------------------------------------------------------------- launch
 @dataclass
 class LaunchOptions:
-    recipe: str
+    """How to run a recipe remotely (the `tunebook launch` flags)."""
+
     cloud: str
     gpu: str
     gpus: int = 1
-    root: Path = Path(".")
     yes: bool = False
     image: str | None = None
     artifacts: str | None = None
@@ -397,15 +413,66 @@ def _record(path: Path, data: dict) -> None:
         atomic_write_json(path, data)
 
 
-def launch(opts: LaunchOptions, out=None) -> int:
-    """Run `opts.recipe` on a rented machine; see the module docstring. Returns 0 or raises TunebookError."""
-    from runner.ship.providers import LaunchSpec, NoCapacity, ProviderError, get_provider
-    from runner.recipe.load import load_recipe
+@dataclass
+class LaunchPlan:
+    """One launch, validated and estimated; nothing rented yet."""
 
+    rec: Recipe
+    opts: LaunchOptions
+    image: str
+    run_id: str
+    run_url: str
+    spec: LaunchSpec
+    provider: Provider
+    what: str                   # the machine, in the provider's words
+    est: Estimate
+    max_hours: float
+    layout: RunLayout           # runs/<recipe>/ here: launch.json, and where the results are fetched to
+
+    def rel(self, path: Path) -> str:
+        return os.path.relpath(path, self.rec.root)
+
+
+@dataclass
+class Rental:
+    """What happened to the rented machine: its ids, the outcome, the failure to report, the launch record."""
+
+    record: dict
+    price_seen: float | None
+    inst_ids: list[str] = field(default_factory=list)
+    outcome: str = "failed"
+    failure: TunebookError | None = None
+    t0: float = field(default_factory=time.time)
+
+
+def launch(rec: Recipe, opts: LaunchOptions, out=None) -> int:
+    """Run recipe `rec` on a rented machine; see the module docstring. Returns 0 (1: not confirmed) or raises
+    TunebookError. The caller loads `rec` first, so a broken recipe fails before anything is rented."""
     out = out or sys.stderr
-    root = Path(opts.root).resolve()
-    rec = load_recipe(opts.recipe, root)  # a broken recipe fails here, not on a rented GPU
-    recipe = rec.name
+    plan = plan_launch(rec, opts)
+    show_plan(plan, out)
+    if opts.dry_run:
+        print("dry run: nothing was rented", file=out)
+        return 0
+    if not confirm(plan, out):
+        print("not launched", file=out)
+        return 1
+    rental = Rental(record=new_record(plan), price_seen=plan.est.usd_per_hour)
+    run_rented(plan, rental, out)
+    fetch_results(plan, rental, out)
+    _record(plan.layout.launch_record, rental.record)
+    if rental.failure is not None:
+        raise rental.failure
+    mins = (time.time() - rental.t0) / 60
+    cost = f", about ${rental.record['usd_approx']:.2f}" if rental.record.get("usd_approx") is not None else ""
+    print(f"done: {rec.name} trained on {plan.provider.name} in {mins:.0f} min{cost}; instance terminated; results "
+          f"in {plan.rel(plan.layout.root)}/", file=out)
+    return 0
+
+
+def check_settings(opts: LaunchOptions) -> tuple[str, str]:
+    """(image, artifact store URL) after the checks that need no provider call: GPU count, a pushed image, an
+    artifact store whose fsspec backend exists here too (we fetch the results)."""
     if opts.gpus < 1:
         raise TunebookError(f"--gpus {opts.gpus}: at least one GPU", fix="Pass --gpus 1 or more.")
     image = opts.image or os.environ.get("TUNEBOOK_IMAGE")
@@ -422,113 +489,153 @@ def launch(opts: LaunchOptions, out=None) -> int:
                             fix="Set TUNEBOOK_ARTIFACTS (or --artifacts) to an fsspec URL the instance can write to, "
                                 "e.g. s3://my-bucket/tunebook with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY set "
                                 "(they are forwarded as secrets).")
-    _fs(base_url)  # the backend for the URL must exist here too (we fetch the results)
+    _fs(base_url)
+    return image, base_url
+
+
+def plan_launch(rec: Recipe, opts: LaunchOptions) -> LaunchPlan:
+    """Validate and estimate: the settings, the container's environment, the provider's machine (Lambda: picks
+    the instance type; no capacity is reported here), the planner's hours and the price."""
+    image, base_url = check_settings(opts)
     rid = run_id()
-    run_url = _join(base_url, recipe, rid)
+    run_url = _join(base_url, rec.name, rid)
     env, secret_names = build_env(opts, rec, run_url, rid)
-    spec = LaunchSpec(name=f"tunebook-{recipe}-{rid}"[:64], image=image, gpu=opts.gpu, gpus=opts.gpus, env=env,
+    spec = LaunchSpec(name=f"tunebook-{rec.name}-{rid}"[:64], image=image, gpu=opts.gpu, gpus=opts.gpus, env=env,
                       secret_names=frozenset(secret_names), disk_gb=opts.disk_gb, volume_gb=opts.volume_gb,
                       region=opts.region, ssh_key=opts.ssh_key or os.environ.get("TUNEBOOK_LAMBDA_SSH_KEY"))
     provider = get_provider(opts.cloud)
-    what = provider.prepare(spec)  # Lambda: picks the instance type; no capacity is reported here
-    hours, hours_src = planner_hours(recipe, root, opts.gpu, opts.gpus)
+    what = provider.prepare(spec)
+    hours, hours_src = planner_hours(rec, opts.gpu, opts.gpus)
     live = provider.price_per_hour(spec)
     price, price_src = (live, f"{provider.name} API, live") if live else table_price(opts.cloud, opts.gpu, opts.gpus)
     est = Estimate(hours, price, price_src, hours_src)
     max_hours = opts.max_hours or _env_float("TUNEBOOK_MAX_HOURS", max(6.0, 3 * (est.hours or 2)))
-    print(f"tunebook launch {recipe}: {what}\n"
-          f"  image      {image}\n"
-          f"  artifacts  {run_url}\n"
+    return LaunchPlan(rec, opts, image, rid, run_url, spec, provider, what, est, max_hours,
+                      RunLayout.for_recipe(rec.root, rec.name))
+
+
+def show_plan(plan: LaunchPlan, out) -> None:
+    """What will be rented, where the results go, the estimate and the environment (secrets masked)."""
+    est = plan.est
+    print(f"tunebook launch {plan.rec.name}: {plan.what}\n"
+          f"  image      {plan.image}\n"
+          f"  artifacts  {plan.run_url}\n"
           f"  estimate   {est.render()}\n"
-          f"  safety     terminated after {max_hours:g} h at the latest (--max-hours)\n"
-          f"  env        {' '.join(f'{k}={v}' for k, v in spec.shown_env().items())}", file=out, flush=True)
-    if hours_src and hours is not None and hours_src != "runner.plan.estimate":
-        print(f"  warning    {hours_src}", file=out)
-    if opts.dry_run:
-        print("dry run: nothing was rented", file=out)
-        return 0
-    if not opts.yes:
-        if not sys.stdin or not sys.stdin.isatty():
-            raise TunebookError("launching rents a paid machine and needs confirmation",
-                                fix="Run it in a terminal to answer the prompt, or pass --yes (YES=1 with make).")
-        answer = input(f"Rent it{f' (about ${est.usd:.2f})' if est.usd is not None else ''}? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("not launched", file=out)
-            return 1
-    record_path = root / "runs" / recipe / "launch.json"
-    record = {"recipe": recipe, "cloud": opts.cloud, "run_id": rid, "image": image, "artifacts": run_url,
-              "gpu": opts.gpu, "gpus": opts.gpus, "instance": None, "started": time.time(), "terminated": None,
-              "estimate": {"hours": est.hours, "usd_per_hour": est.usd_per_hour, "usd": est.usd}}
+          f"  safety     terminated after {plan.max_hours:g} h at the latest (--max-hours)\n"
+          f"  env        {' '.join(f'{k}={v}' for k, v in plan.spec.shown_env().items())}", file=out, flush=True)
+    if est.hours_source and est.train_hours is not None and est.hours_source != "runner.plan.estimate":
+        print(f"  warning    {est.hours_source}", file=out)
+
+
+def confirm(plan: LaunchPlan, out) -> bool:
+    """--yes, or the user's answer on a terminal; without a terminal to ask on, a TunebookError."""
+    if plan.opts.yes:
+        return True
+    if not sys.stdin or not sys.stdin.isatty():
+        raise TunebookError("launching rents a paid machine and needs confirmation",
+                            fix="Run it in a terminal to answer the prompt, or pass --yes (YES=1 with make).")
+    usd = plan.est.usd
+    answer = input(f"Rent it{f' (about ${usd:.2f})' if usd is not None else ''}? [y/N] ")
+    return answer.strip().lower() in ("y", "yes")
+
+
+def new_record(plan: LaunchPlan) -> dict:
+    """The launch record (runs/<recipe>/launch.json) as it starts."""
+    est, opts = plan.est, plan.opts
+    return {"recipe": plan.rec.name, "cloud": opts.cloud, "run_id": plan.run_id, "image": plan.image,
+            "artifacts": plan.run_url, "gpu": opts.gpu, "gpus": opts.gpus, "instance": None, "started": time.time(),
+            "terminated": None, "estimate": {"hours": est.hours, "usd_per_hour": est.usd_per_hour, "usd": est.usd}}
+
+
+def run_rented(plan: LaunchPlan, rental: Rental, out) -> None:
+    """Create the instance, watch the run, and terminate the instance on every path (SIGINT/SIGTERM included).
+    The outcome and the failure to report are left in `rental`; no capacity and an unconfirmed termination raise."""
     guard = SignalGuard().install()
-    inst_ids: list[str] = []
-    outcome, failure, t0 = "failed", None, time.time()
-    price_seen = price
     try:
         try:
-            with guard.shielded():
-                try:
-                    inst = provider.create(spec)
-                    inst_ids.append(inst.id)
-                except ProviderError as exc:
-                    if exc.created_maybe:
-                        say(f"the create call failed ({exc.what}); looking for an instance named {spec.name} to "
-                            "terminate")
-                        inst_ids += _recover(provider, spec.name)
-                    raise
-            price_seen = inst.usd_per_hour or price
-            record["instance"] = inst.id
-            _record(record_path, record)
-            print(f"{provider.name}: created {inst.id} ({spec.name}); watching it (Ctrl-C terminates it)", file=out,
-                  flush=True)
-            status = watch(provider, inst.id, run_url, opts, max_hours, price_seen, out)
-            outcome = status.get("state", "failed")
-            if outcome != "succeeded":
-                failure = TunebookError(
-                    f"training failed on the instance (exit code {status.get('exit_code', '?')}, stage "
-                    f"{status.get('stage') or '?'}). Last lines of its log:\n{_last_lines(read_log(run_url), 15)}",
-                    where=f"{run_url}/log.txt", exit_code=1,
-                    fix="The run's files are fetched to runs/ (logs in runs/<recipe>/<stage>/train.log); fix and launch again.")
+            inst = create(plan, rental, guard, out)
+            watch_run(plan, rental, inst, out)
         except Interrupted as exc:
-            outcome = "interrupted"
-            failure = TunebookError(f"interrupted ({exc}): the instance was terminated", exit_code=130)
+            rental.outcome = "interrupted"
+            rental.failure = TunebookError(f"interrupted ({exc}): the instance was terminated", exit_code=130)
         except NoCapacity:
-            outcome = "no capacity"
+            rental.outcome = "no capacity"
             raise
         except TunebookError as exc:
-            outcome = "error"
-            failure = exc
+            rental.outcome = "error"
+            rental.failure = exc
     finally:
+        terminate_rented(plan, rental, guard, out)
+
+
+def create(plan: LaunchPlan, rental: Rental, guard: SignalGuard, out) -> Instance:
+    """Create the instance, shielded from signals (one that arrives is acted on once the id is in); a create
+    whose answer was lost is looked up by name, so that it is terminated too."""
+    provider, spec = plan.provider, plan.spec
+    with guard.shielded():
         try:
-            with guard.ignoring():
-                ok = _terminate_all(provider, inst_ids, out)
-        finally:
-            guard.restore()
-        record.update(terminated=ok if inst_ids else None, finished=time.time(), outcome=outcome,
-                      hours=round((time.time() - t0) / 3600, 3),
-                      usd_approx=round((time.time() - t0) / 3600 * price_seen, 2) if price_seen else None)
-        if inst_ids and not ok:
-            _record(record_path, record)
-            raise TunebookError(
-                f"could not confirm that {provider.name} instance(s) {', '.join(inst_ids)} were terminated: "
-                "IT MAY STILL BE RUNNING AND BILLING",
-                fix=f"Terminate it now at {provider.console_url} or with `tunebook terminate --cloud {opts.cloud} "
-                    f"{' '.join(inst_ids)}`.", exit_code=1)
+            inst = provider.create(spec)
+            rental.inst_ids.append(inst.id)
+        except ProviderError as exc:
+            if exc.created_maybe:
+                say(f"the create call failed ({exc.what}); looking for an instance named {spec.name} to "
+                    "terminate")
+                rental.inst_ids += _recover(provider, spec.name)
+            raise
+    rental.price_seen = inst.usd_per_hour or rental.price_seen
+    rental.record["instance"] = inst.id
+    _record(plan.layout.launch_record, rental.record)
+    print(f"{provider.name}: created {inst.id} ({spec.name}); watching it (Ctrl-C terminates it)", file=out,
+          flush=True)
+    return inst
+
+
+def watch_run(plan: LaunchPlan, rental: Rental, inst: Instance, out) -> None:
+    """Watch the run to its end; a run that did not succeed leaves its failure (with the log's last lines)."""
+    status = watch(plan.provider, inst.id, plan.run_url, plan.opts, plan.max_hours, rental.price_seen, out)
+    rental.outcome = status.get("state", "failed")
+    if rental.outcome != "succeeded":
+        rental.failure = TunebookError(
+            f"training failed on the instance (exit code {status.get('exit_code', '?')}, stage "
+            f"{status.get('stage') or '?'}). Last lines of its log:\n{_last_lines(read_log(plan.run_url), 15)}",
+            where=f"{plan.run_url}/log.txt", exit_code=1,
+            fix="The run's files are fetched to runs/ (logs in runs/<recipe>/<stage>/train.log); fix and launch again.")
+
+
+def terminate_rented(plan: LaunchPlan, rental: Rental, guard: SignalGuard, out) -> None:
+    """Terminate every instance of this launch (signals ignored meanwhile) and complete the record; a
+    TunebookError, loud, when a termination is not confirmed."""
+    provider, ids = plan.provider, rental.inst_ids
+    try:
+        with guard.ignoring():
+            ok = _terminate_all(provider, ids, out)
+    finally:
+        guard.restore()
+    hours = (time.time() - rental.t0) / 3600
+    rental.record.update(terminated=ok if ids else None, finished=time.time(), outcome=rental.outcome,
+                         hours=round(hours, 3),
+                         usd_approx=round(hours * rental.price_seen, 2) if rental.price_seen else None)
+    if ids and not ok:
+        _record(plan.layout.launch_record, rental.record)
+        raise TunebookError(
+            f"could not confirm that {provider.name} instance(s) {', '.join(ids)} were terminated: "
+            "IT MAY STILL BE RUNNING AND BILLING",
+            fix=f"Terminate it now at {provider.console_url} or with `tunebook terminate --cloud {plan.opts.cloud} "
+                f"{' '.join(ids)}`.", exit_code=1)
+
+
+def fetch_results(plan: LaunchPlan, rental: Rental, out) -> int:
+    """Fetch the run's files into runs/<recipe>/ (also after a failed or interrupted run); returns their count."""
+    if rental.outcome not in ("succeeded", "failed", "error", "interrupted") or not rental.inst_ids:
+        return 0
     fetched = 0
-    if outcome in ("succeeded", "failed", "error", "interrupted") and inst_ids:
-        try:
-            fetched = pull_run(run_url, root / "runs" / recipe)
-        except Exception as exc:  # the failure that brought us here matters more
-            say(f"could not fetch the run from {run_url}: {exc}")
-        if fetched:
-            print(f"fetched {fetched} files from {run_url}/run to runs/{recipe}/", file=out)
-    _record(record_path, record)
-    if failure is not None:
-        raise failure
-    mins = (time.time() - t0) / 60
-    cost = f", about ${record['usd_approx']:.2f}" if record.get("usd_approx") is not None else ""
-    print(f"done: {recipe} trained on {provider.name} in {mins:.0f} min{cost}; instance terminated; results in "
-          f"runs/{recipe}/", file=out)
-    return 0
+    try:
+        fetched = pull_run(plan.run_url, plan.layout.root)
+    except Exception as exc:  # the failure that brought us here matters more
+        say(f"could not fetch the run from {plan.run_url}: {exc}")
+    if fetched:
+        print(f"fetched {fetched} files from {plan.run_url}/run to {plan.rel(plan.layout.root)}/", file=out)
+    return fetched
 
 
 def _last_lines(text: str, n: int) -> str:
@@ -537,8 +644,6 @@ def _last_lines(text: str, n: int) -> str:
 
 def _recover(provider, name: str) -> list[str]:
     """Instances named `name` (a create whose answer was lost), retried for a short while."""
-    from runner.ship.providers import ProviderError
-
     delay = max(0.05, _env_float("TUNEBOOK_RETRY_BASE_S", 2))
     for _ in range(5):
         try:
@@ -565,8 +670,6 @@ def watch(provider, iid: str, run_url: str, opts: LaunchOptions, max_hours: floa
     """Poll the instance and the container's status until the run ends; return the final status.json.
     Raises TunebookError when the instance stops, never starts, goes silent or runs out of time."""
     from rich.console import Console
-
-    from runner.ship.providers import AuthError, NotFound, ProviderError
 
     poll = opts.poll_s or _env_float("TUNEBOOK_POLL_S", 15)
     boot_timeout = opts.boot_timeout_s or _env_float("TUNEBOOK_BOOT_TIMEOUT_S", 45 * 60)
@@ -634,8 +737,6 @@ def watch(provider, iid: str, run_url: str, opts: LaunchOptions, max_hours: floa
 
 def terminate(cloud: str, ids: list[str]) -> int:
     """`tunebook terminate`: terminate instances by id (cleanup after a failed confirmation)."""
-    from runner.ship.providers import get_provider
-
     provider = get_provider(cloud)
     if not _terminate_all(provider, ids, sys.stdout):
         raise TunebookError("not every instance could be confirmed terminated", fix=f"Check {provider.console_url}.",

@@ -9,7 +9,6 @@ adapter of its last training stage), named after the recipe; a request picks one
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -17,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import TunebookError
+from runner.pipeline.lock import refuse_if_gate_failed
+from runner.recipe.resolve import ResolvedRecipe
+from runner.recipe.shipped import shipped_model
 
-TRAIN_KINDS = ("sft", "dpo", "orpo", "kto")
 # vLLM accepts these --max-lora-rank values; an adapter's rank is rounded up to the next one.
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 INSTALL_HINT = ("vLLM is not installed in this environment. On a Linux machine with an NVIDIA GPU (CUDA): "
@@ -39,51 +40,30 @@ class Served:
     rank: int | None
 
 
-def _last_training_stage(res):
-    stages = [s for s in res.stages if s.kind in TRAIN_KINDS and s.config]
-    if not stages:
-        raise TunebookError(f"recipe {res.recipe.name} has no training stage: nothing to serve")
-    return stages[-1]
-
-
-def served_model(name: str, root: Path, merged: bool = False, require_files: bool = True) -> Served:
-    """What serving recipe `name` means: its last training stage's adapter (or the merged model)."""
-    from runner.recipe.resolve import resolve_recipe_by_name
-
-    res = resolve_recipe_by_name(name, root, template_check=False)
+def served_model(res: ResolvedRecipe, merged: bool = False, require_files: bool = True) -> Served:
+    """What serving a resolved recipe means: what its run ships (runner.recipe.shipped), as its last training
+    stage's adapter or as the merged model."""
+    name = res.recipe.name
     if require_files:
-        from runner.pipeline.lock import refuse_if_gate_failed
-
         refuse_if_gate_failed(res.run_root, name, "serve")
-    st = _last_training_stage(res)
-    rel = lambda p: os.path.relpath(p, root)
+    model = shipped_model(res, action="serve")
+    st = model.stage
+    rel = lambda p: os.path.relpath(p, res.recipe.root)
     if merged:
-        merge = next((s for s in res.stages if s.kind == "merge" and s.upstream == st.name), None)
-        if merge is not None:
-            path = merge.run_dir / "merged"
-        elif not st.config.get("adapter"):
-            path = st.output_dir  # a full fine-tune is already a whole model
-        else:
+        path = model.merged
+        if path is None:
             raise TunebookError(f"recipe {name} has no merge stage after {st.name}: there is no merged model",
                                 fix=f"Serve the adapter (`tunebook serve {name}`) or add `merge` to its stages.")
         if require_files and not (path / "config.json").is_file():
             raise TunebookError(f"no merged model at {rel(path)}", fix=f"Run `make train RECIPE={name}` first.")
         return Served(name, str(path), None, path, None)
-    if not st.config.get("adapter"):
+    if model.adapter is None:
         raise TunebookError(f"recipe {name} trains all weights (no LoRA adapter) in stage {st.name}",
                             fix=f"Serve the model itself: `tunebook serve {name} --merged`.")
-    adapter = st.output_dir
-    if require_files and not (adapter / "adapter_config.json").is_file():
-        raise TunebookError(f"no trained adapter at {rel(adapter)}",
+    if require_files and not (model.adapter / "adapter_config.json").is_file():
+        raise TunebookError(f"no trained adapter at {rel(model.adapter)}",
                             fix=f"Run `make train RECIPE={name}` first (stage {st.name} writes it).")
-    rank = st.config.get("lora_r")
-    cfg = adapter / "adapter_config.json"
-    if cfg.is_file():
-        try:
-            rank = int(json.loads(cfg.read_text()).get("r") or rank)
-        except (ValueError, TypeError):
-            pass
-    return Served(name, str(st.config["base_model"]), adapter, None, int(rank) if rank else None)
+    return Served(name, model.base, model.adapter, None, model.rank)
 
 
 def max_lora_rank(ranks) -> int:
@@ -100,19 +80,19 @@ def vllm_exe() -> str:
     return str(here) if here.exists() else (shutil.which("vllm") or "vllm")
 
 
-def vllm_command(recipes: list[str], root: Path, merged: bool = False, host: str | None = None,
+def vllm_command(recipes: list[ResolvedRecipe], merged: bool = False, host: str | None = None,
                  port: int | None = None, extra: list[str] | None = None, require_files: bool = True,
                  exe: str = "vllm") -> list[str]:
-    """The exact `vllm serve ...` argv for these recipes."""
+    """The exact `vllm serve ...` argv for these resolved recipes."""
     if not recipes:
         raise TunebookError("name at least one recipe to serve")
-    if len(set(recipes)) != len(recipes):
+    if len({r.recipe.name for r in recipes}) != len(recipes):
         raise TunebookError("a recipe is named twice", fix="Name each recipe once.")
     if merged and len(recipes) > 1:
         raise TunebookError("several merged models cannot share one vLLM server (each is a whole model)",
                             fix="Serve the recipes' adapters together (without --merged), or one merged model "
                                 "per server (different --port).")
-    served = [served_model(r, root, merged=merged, require_files=require_files) for r in recipes]
+    served = [served_model(r, merged=merged, require_files=require_files) for r in recipes]
     if merged:
         s = served[0]
         cmd = [exe, "serve", str(s.merged), "--served-model-name", s.recipe]
@@ -138,10 +118,10 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def serve(recipes: list[str], root: Path, merged: bool = False, host: str | None = None, port: int | None = None,
+def serve(recipes: list[ResolvedRecipe], merged: bool = False, host: str | None = None, port: int | None = None,
           extra: list[str] | None = None, dry_run: bool = False) -> int:
     """Print the command; then, unless dry_run, replace this process with vLLM (Ctrl-C stops it)."""
-    cmd = vllm_command(recipes, root, merged, host, port, extra, require_files=not dry_run, exe=vllm_exe())
+    cmd = vllm_command(recipes, merged, host, port, extra, require_files=not dry_run, exe=vllm_exe())
     print(" ".join(cmd), flush=True)
     if dry_run:
         return 0

@@ -6,6 +6,8 @@ import json
 import re
 from pathlib import Path
 
+from runner.layout import StageLayout
+
 DICT_RE = re.compile(r"\{'(?:loss|eval_loss|train_runtime|train_loss|epoch|rewards/)[^{}]*\}")
 
 
@@ -52,8 +54,9 @@ def from_trainer_state(output_dir: Path) -> list[dict]:
 def history(stage_dir: Path) -> list[dict]:
     """The fuller of the two sources (the log also covers steps after the last checkpoint; the state
     survives a log that was rotated)."""
-    a = from_log(stage_dir / "train.log")
-    b = from_trainer_state(stage_dir / "output")
+    paths = StageLayout(Path(stage_dir))
+    a = from_log(paths.log)
+    b = from_trainer_state(paths.output)
     return a if len(a) >= len(b) else b
 
 

@@ -2,8 +2,10 @@
 crash and resume. One project is shared by the tests of this module (they build on each other)."""
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -105,39 +107,86 @@ def test_touching_preference_data_reruns_dpo_and_merge_only(proj):
     assert lock["stages"]["sft"]["finished"] == sft_finished
 
 
+def _axolotl_process(tunebook_pid: int, deadline: float):
+    """The `axolotl train` process that tunebook started (its child, in a session of its own)."""
+    import psutil
+
+    while time.time() < deadline:
+        for child in psutil.Process(tunebook_pid).children(recursive=True):
+            try:
+                cmd = child.cmdline()
+            except psutil.NoSuchProcess:
+                continue
+            if any(Path(c).name == "axolotl" for c in cmd) and "train" in cmd:
+                return child
+        time.sleep(0.5)
+    raise AssertionError("tunebook started no `axolotl train` process")
+
+
+def _logged_steps(text: str) -> list[dict]:
+    """The Trainer's per-step dicts (`{'loss': ...}`) in a piece of train.log."""
+    return [ast.literal_eval(m.group(0)) for m in re.finditer(r"\{'loss': [^{}]*\}", text)]
+
+
 def test_kill_and_resume(proj):
-    """SIGKILL a stage after its first checkpoint; the next run resumes from it and finishes."""
+    """A crash of Axolotl itself (SIGKILL to its process group, as the OOM killer or a lost node would) after its
+    first checkpoint; the next run resumes from the last checkpoint and trains only the steps after it.
+
+    A run that restarted from step 1 fails here: the second attempt's log must show Axolotl's auto-resume line and
+    only the remaining steps, and the steps logged over both attempts must be one run's, not a run and a half."""
+    steps, every = 6, 2
     recipe = proj / "recipes" / "resume.yaml"
     recipe.write_text((proj / "recipes" / "chain.yaml").read_text()
-                      .replace("max_steps: 4, learning_rate: 1.0e-3", "max_steps: 8, save_steps: 2, learning_rate: 1.0e-3")
+                      .replace("max_steps: 4, learning_rate: 1.0e-3",
+                               f"max_steps: {steps}, save_steps: {every}, learning_rate: 1.0e-3")
                       .replace("  - dpo:\n      data: {train: data/prefs.jsonl, format: preference}\n"
                                "      training: {max_steps: 4, learning_rate: 1.0e-4, micro_batch_size: 2, beta: 0.1}\n"
                                "  - merge\n", "  - merge\n"))
-    out = proj / "runs" / "resume" / "sft" / "output"
-    env = dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "train", "resume", "--quiet"], cwd=proj, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 600
-    while time.time() < deadline and not (out / "checkpoint-2" / "trainer_state.json").exists():
-        time.sleep(0.5)
-        assert proc.poll() is None, "training ended before the first checkpoint"
-    time.sleep(1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (proj / "runs" / "resume" / "tunebook.lock").exists() or \
-        "sft" not in json.loads((proj / "runs" / "resume" / "tunebook.lock").read_text())["stages"]
+    run = proj / "runs" / "resume"
+    out = run / "sft" / "output"
+    err = proj / "resume-first-attempt.err"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "train", "resume", "--quiet"], cwd=proj,
+                                env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        axolotl = _axolotl_process(proc.pid, deadline)
+        assert os.getpgid(axolotl.pid) != os.getpgid(proc.pid), "Axolotl runs in a process group of its own"
+        while time.time() < deadline and not (out / f"checkpoint-{every}" / "trainer_state.json").exists():
+            time.sleep(0.5)
+            assert proc.poll() is None and axolotl.is_running(), "training ended before the first checkpoint"
+        time.sleep(1)  # let the checkpoint's files be written out
+        os.killpg(os.getpgid(axolotl.pid), signal.SIGKILL)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    # tunebook outlived the crash and said what happened; Axolotl stopped before its last step.
+    assert code == 1, err.read_text()[-2000:]
+    assert "stage 'sft' failed: Axolotl exited with code -9" in err.read_text()
+    assert not (out / f"checkpoint-{steps}").exists(), "the kill came after the last checkpoint"
+    last = max(int(p.name.split("-")[1]) for p in out.glob("checkpoint-*"))
+    assert every <= last < steps
+    assert not (run / "tunebook.lock").exists() or "sft" not in json.loads((run / "tunebook.lock").read_text())["stages"]
     st = run_cli("status", "resume", cwd=proj)
     assert "not run" in st.stdout
+
     r = run_cli("train", "resume", "--quiet", cwd=proj)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "sft: resuming from checkpoint-" in r.stderr
-    state = json.loads((out / "checkpoint-8" / "trainer_state.json").read_text())
-    assert state["global_step"] == 8
-    # The resumed run started past step 1: its log shows no step-1 entry after the resume marker.
-    log = (proj / "runs" / "resume" / "sft" / "train.log").read_text()
-    second = log.rsplit("$ ", 1)[-1]
-    assert "'epoch'" in second and "Resuming" in second or "resum" in second.lower()
-    lock = json.loads((proj / "runs" / "resume" / "tunebook.lock").read_text())
+    assert f"sft: resuming from checkpoint-{last}" in r.stderr
+    log = (run / "sft" / "train.log").read_text()
+    first, second = log.split("\n$ ")[-2:]
+    # Axolotl itself resumed (tunebook's message only says that a checkpoint exists).
+    assert f"resume from checkpoint at {out / f'checkpoint-{last}'}" in second
+    resumed = _logged_steps(second)
+    assert len(resumed) == steps - last, f"the second attempt logged {len(resumed)} steps, not {steps - last}"
+    # One run's worth of steps over both attempts (at most the step in flight at the kill is done twice).
+    assert steps <= len(_logged_steps(first)) + len(resumed) <= steps + 1
+    state = json.loads((out / f"checkpoint-{steps}" / "trainer_state.json").read_text())
+    assert state["global_step"] == steps
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, steps + 1))
+    lock = json.loads((run / "tunebook.lock").read_text())
     assert set(lock["stages"]) == {"sft", "merge"}
-    manifest = json.loads((proj / "runs" / "resume" / "manifest.json").read_text())
+    manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["stages"]) == {"sft", "merge"} and manifest["finished"]

@@ -182,15 +182,6 @@ def test_policy_drop_trains_without_invalid_rows_and_reports_them(project):
     assert main["sources"]["data/train.jsonl"]["rows"] == 21
 
 
-def test_read_jsonl_skips_bad_lines_unless_strict(tmp_path):
-    f = tmp_path / "x.jsonl"
-    f.write_text(jl(qa(1), "{oops", qa(3)))
-    assert [n for n, _ in dataprep.read_jsonl(f)] == [1, 3]
-    with pytest.raises(TunebookError) as exc:
-        dataprep.read_jsonl(f, "x.jsonl", strict=True)
-    assert exc.value.where == "x.jsonl:2"
-
-
 # ---------------------------------------------------------------------------------------------- command
 
 

@@ -29,11 +29,6 @@ def test_summarize_counts_rows_over_sequence_len_and_tokens_per_epoch():
     assert tokens.suggest_sequence_len(5000, model_max=4096) == 4096
 
 
-def test_named_axolotl_template_is_read_without_importing_axolotl():
-    assert "<|im_start|>" in (tokens.named_template("chatml") or "")
-    assert tokens.named_template("no-such-template") is None
-
-
 def test_row_over_sequence_len_is_reported_at_its_line(project, smollm2):
     long_answer = " ".join(["The policy covers this case in detail."] * 20)
     rows = [{"instruction": f"Short question {i}?", "output": f"Short answer {i}."} for i in range(1, 6)]

@@ -1,5 +1,5 @@
-"""`tunebook export`: the archive's contents and model card, atomic writing, refusals; and once on a real tiny run
-(runs/ci-mini from `tunebook train ci-mini`)."""
+"""`tunebook export`: the archive's contents and model card, atomic writing, refusals, on a fabricated run folder.
+The export of a real trained run (ci-mini) is in tests/e2e/test_export_run.py."""
 from __future__ import annotations
 
 import json
@@ -11,8 +11,16 @@ import tarfile
 import pytest
 
 from runner.errors import TunebookError
+from runner.recipe.load import load_recipe
+from runner.recipe.resolve import resolve
 from runner.ship.export import export
 from tests.conftest import REPO, make_project
+
+
+def resolved(name, root):
+    """The recipe as `tunebook export` resolves it."""
+    return resolve(load_recipe(name, root), template_check=False)
+
 
 RECIPE = """
     name: faq
@@ -57,7 +65,7 @@ def members(path):
 
 
 def test_adapter_archive(root):
-    path = export("faq", root, "adapter")
+    path = export(resolved("faq", root), "adapter")
     assert path == root / "runs/faq/export/faq-adapter.tar.gz"
     m = members(path)
     assert sorted(m) == ["faq-adapter/README.md", "faq-adapter/adapter_config.json",
@@ -74,20 +82,20 @@ def test_adapter_archive(root):
 
 
 def test_merged_archive(root):
-    m = members(export("faq", root, "merged"))
+    m = members(export(resolved("faq", root), "merged"))
     assert "faq-merged/model.safetensors" in m and "faq-merged/config.json" in m
     assert "library_name: transformers" in m["faq-merged/README.md"].decode()
 
 
 def test_refusals(root):
     with pytest.raises(TunebookError, match="format"):
-        export("faq", root, "gguf")
+        export(resolved("faq", root), "gguf")
     shutil.rmtree(root / "runs/faq/merge")
     with pytest.raises(TunebookError, match="no merged model"):
-        export("faq", root, "merged")
+        export(resolved("faq", root), "merged")
     (root / "runs/faq/sft/output/adapter_config.json").unlink()
     with pytest.raises(TunebookError, match="make train RECIPE=faq"):
-        export("faq", root, "adapter")
+        export(resolved("faq", root), "adapter")
 
 
 def test_cli(root):
@@ -95,43 +103,6 @@ def test_cli(root):
                         "adapter"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "runs/faq/export/faq-adapter.tar.gz"
-
-
-@pytest.fixture(scope="module")
-def ci_mini_run(tmp_path_factory, ci_mini_make_train):
-    """A project with a real ci-mini run: a copy of the session's `make train RECIPE=ci-mini` run (shared with
-    the e2e test of that command, so it is trained once)."""
-    root = tmp_path_factory.mktemp("ci-mini-export")
-    make_project(root)
-    (root / "recipes/data").symlink_to(REPO / "recipes/data")
-    shutil.copy(REPO / "recipes/ci-mini.yaml", root / "recipes/ci-mini.yaml")
-    (root / ".cache").symlink_to(REPO / ".cache")
-    r, runs = ci_mini_make_train
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    shutil.copytree(runs / "ci-mini", root / "runs/ci-mini",
-                    ignore=shutil.ignore_patterns("prepared", "export", "checkpoint-*"))
-    return root
-
-
-@pytest.mark.e2e
-@pytest.mark.parametrize("fmt", ["adapter", "merged"])
-def test_real_ci_mini_run(ci_mini_run, fmt):
-    path = export("ci-mini", ci_mini_run, fmt)
-    m = members(path)
-    top = f"ci-mini-{fmt}"
-    names = {n.split("/", 1)[1] for n in m if "/" in n}
-    assert {"README.md", "recipe.yaml", "tunebook.lock", "manifest.json"} <= names
-    if fmt == "adapter":
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= names
-        assert json.loads(m[f"{top}/adapter_config.json"])["r"] == 16
-    else:
-        assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
-    assert not any("checkpoint-" in n for n in names)
-    card = m[f"{top}/README.md"].decode()
-    manifest = json.loads((ci_mini_run / "runs/ci-mini/manifest.json").read_text())
-    for h in manifest["data"]["main"]["sha256"].values():
-        assert h in card
-    assert "transformers" in card and "ci-mini" in card
 
 
 def test_export_and_serve_refuse_after_failed_gate(tmp_path):

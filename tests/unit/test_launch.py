@@ -16,6 +16,7 @@ import time
 import pytest
 
 from runner.errors import TunebookError
+from runner.recipe.load import load_recipe
 from runner.ship.launch import LaunchOptions, launch, pull_run, push_run, read_status, upload_files
 from tests.conftest import REPO, make_project
 from tests.fakes.cloud import FakeLambda, FakeRunPod
@@ -73,9 +74,9 @@ def env(monkeypatch, tmp_path):
 def run(cloud, fake, proj, monkeypatch, **kw):
     monkeypatch.setenv("TUNEBOOK_RUNPOD_URL" if cloud == "runpod" else "TUNEBOOK_LAMBDA_URL", fake.url)
     out = io.StringIO()
-    opts = LaunchOptions(recipe="tiny", cloud=cloud, gpu=kw.pop("gpu", GPU[cloud]), root=proj, yes=True, **kw)
+    opts = LaunchOptions(cloud=cloud, gpu=kw.pop("gpu", GPU[cloud]), yes=True, **kw)
     try:
-        rc = launch(opts, out=out)
+        rc = launch(load_recipe("tiny", proj), opts, out=out)  # as `tunebook launch` loads it
     except TunebookError as exc:
         return exc, out.getvalue()
     return rc, out.getvalue()
@@ -131,6 +132,18 @@ def test_launch_trains_fetches_and_terminates(cloud, proj, template_run, env, mo
     assert "RUNPOD_API_KEY" not in cenv and "LAMBDA_API_KEY" not in cenv
     never_leaked(fake, out)
     assert "HF_TOKEN=***" in out
+
+
+def test_launch_record_and_results_go_to_tunebook_runs(proj, template_run, env, monkeypatch, tmp_path):
+    """The run folder is the layout's: $TUNEBOOK_RUNS moves launch.json and the fetched run with it."""
+    runs = tmp_path / "elsewhere"
+    monkeypatch.setenv("TUNEBOOK_RUNS", str(runs))
+    with FakeRunPod(template_run=template_run, key=KEY) as fake:
+        rc, out = run("runpod", fake, proj, monkeypatch)
+    assert rc == 0, out
+    assert json.loads((runs / "tiny/launch.json").read_text())["outcome"] == "succeeded"
+    assert (runs / "tiny/sft/output/adapter_config.json").is_file() and not (proj / "runs").exists()
+    assert f"results in {os.path.relpath(runs / 'tiny', proj)}/" in out
 
 
 def test_runpod_request_uses_documented_fields(proj, template_run, env, monkeypatch):
@@ -436,3 +449,25 @@ def test_container_side_commands(tmp_path):
     st = read_status(url)
     assert st["state"] == "failed" and st["exit_code"] == 3 and st["files"] == 2
     assert (tmp_path / "bucket/r/1/run/container.log").is_file()
+
+
+def test_container_side_commands_use_tunebook_runs(tmp_path):
+    """`artifacts push|pull` find the run folder where the pipeline writes it: under $TUNEBOOK_RUNS when set."""
+    root, runs = tmp_path / "p", tmp_path / "elsewhere"
+    (runs / "r/sft").mkdir(parents=True)
+    (runs / "r/sft/train.log").write_text("x\n")
+    (root / "recipes").mkdir(parents=True)
+    url = f"file://{tmp_path}/bucket/r/1"
+    env = {**os.environ, "TUNEBOOK_RUNS": str(runs)}
+
+    def cli(*a):
+        return subprocess.run([sys.executable, "-m", "runner.cli", "--root", str(root), "artifacts", *a], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=60)
+
+    r = cli("push", "r", url, "--exit-code", "0")
+    assert r.returncode == 0, r.stderr
+    st = read_status(url)
+    assert st["state"] == "succeeded" and st["files"] == 1 and st["stage"] == "sft"
+    r = cli("pull", "r", url)
+    assert r.returncode == 0, r.stderr
+    assert (runs / "r/sft/train.log").is_file() and not (root / "runs").exists()

@@ -12,8 +12,8 @@ import pytest
 from runner.errors import TunebookError
 from runner.ship.providers import LaunchSpec
 from runner.ship.providers.lambda_cloud import env_file, user_data
+from runner.ship.docker import build_command, git_tag
 from runner.ship.providers.runpod import RunPod
-from runner.cli.ship import build_command, git_tag
 from tests.conftest import REPO
 
 DOCKERFILE = (REPO / "docker/Dockerfile").read_text()

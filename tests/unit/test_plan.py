@@ -313,13 +313,30 @@ def test_plan_each_shipped_recipe_offline(recipe, monkeypatch, capsys):
         assert word in text, word
 
 
+def test_cli_plans_the_recipe_of_root_not_of_the_current_folder(tmp_path, monkeypatch, capsys):
+    """--root (and $TUNEBOOK_ROOT) name the project for `plan` as for every other command."""
+    from runner.cli.main import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")  # main() sets it
+    monkeypatch.delenv("TUNEBOOK_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    recipe = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))[0]
+    assert main(["--root", str(ROOT), "plan", recipe, "--gpu", "h100", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["gpus"][0]["id"] == "h100"
+    monkeypatch.setenv("TUNEBOOK_ROOT", str(ROOT))
+    assert main(["plan", recipe, "--gpu", "h100"]) == 0
+    assert "peak allocated" in capsys.readouterr().out
+
+
 def test_validate_warning_when_the_preset_gpu_is_too_small(monkeypatch):
     from runner.plan import fit as plan_fit
-    from runner.cli.plan import resolve_for_gpu
+    from runner.plan.target import resolve_for_gpu
+    from runner.recipe.load import load_recipe
 
     monkeypatch.chdir(ROOT)
     recipe = next(p.stem for p in sorted((ROOT / "recipes").glob("*.yaml")) if "preset:" in p.read_text())
-    resolved, _, _ = resolve_for_gpu(recipe, ROOT)
+    resolved, _, _ = resolve_for_gpu(load_recipe(recipe, ROOT))
     assert plan_fit.check_fits_preset(resolved) is None  # the shipped recipes train a 135M model
     monkeypatch.setattr(P, "load_model_shape", lambda *_: P.shipped_model("meta-llama/Llama-3.1-70B"))
     warning = plan_fit.check_fits_preset(resolved)

@@ -11,6 +11,8 @@ import textwrap
 import pytest
 
 from runner.errors import TunebookError
+from runner.recipe.load import load_recipe
+from runner.recipe.resolve import resolve
 from runner.ship.serve import max_lora_rank, vllm_available, vllm_command
 from tests.conftest import REPO, make_project
 
@@ -25,6 +27,11 @@ def recipe(name, base="./models/base", r=16, stages="[sft, merge]", method="lora
     training: {{method: {method}, lora: {{r: {r}}}}}
     stages: {stages}
     """
+
+
+def resolved(root, *names):
+    """The recipes as `tunebook serve` resolves them."""
+    return [resolve(load_recipe(n, root), template_check=False) for n in names]
 
 
 @pytest.fixture
@@ -48,13 +55,13 @@ def root(tmp_path):
 
 def test_one_adapter(root):
     base = str(root / "models/base")
-    assert vllm_command(["support"], root) == [
+    assert vllm_command(resolved(root, "support")) == [
         "vllm", "serve", base, "--served-model-name", "base", "--enable-lora",
         "--lora-modules", f"support={root}/runs/support/sft/output", "--max-lora-rank", "16", "--max-loras", "1"]
 
 
 def test_several_adapters_on_one_base(root):
-    cmd = vllm_command(["support", "billing", "tone"], root, host="0.0.0.0", port=8001,
+    cmd = vllm_command(resolved(root, "support", "billing", "tone"), host="0.0.0.0", port=8001,
                        extra=["--gpu-memory-utilization", "0.8"])
     assert cmd == [
         "vllm", "serve", str(root / "models/base"), "--served-model-name", "base", "--enable-lora", "--lora-modules",
@@ -72,16 +79,16 @@ def test_rank_rounds_up_to_a_vllm_value():
 def test_hub_base_keeps_its_name(tmp_path):
     root = make_project(tmp_path, {"hub": recipe("hub", base="meta-llama/Llama-3.1-8B-Instruct")},
                         {"data/train.jsonl": '{"instruction": "a", "output": "b"}\n'})
-    cmd = vllm_command(["hub"], root, require_files=False)
+    cmd = vllm_command(resolved(root, "hub"), require_files=False)
     assert cmd[:5] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct", "--served-model-name",
                        "meta-llama/Llama-3.1-8B-Instruct"]
 
 
 def test_merged_model(root):
-    assert vllm_command(["support"], root, merged=True, port=9000) == [
+    assert vllm_command(resolved(root, "support"), merged=True, port=9000) == [
         "vllm", "serve", str(root / "runs/support/merge/merged"), "--served-model-name", "support", "--port", "9000"]
     # a full fine-tune is served as is
-    assert vllm_command(["full"], root, merged=True)[2] == str(root / "runs/full/sft/output")
+    assert vllm_command(resolved(root, "full"), merged=True)[2] == str(root / "runs/full/sft/output")
 
 
 @pytest.mark.parametrize("names, kw, words", [
@@ -94,15 +101,15 @@ def test_merged_model(root):
 ])
 def test_refusals(root, names, kw, words):
     with pytest.raises(TunebookError, match=words):
-        vllm_command(names, root, **kw)
+        vllm_command(resolved(root, *names), **kw)
 
 
 def test_untrained_recipe(root):
     (root / "runs/tone/sft/output/adapter_config.json").unlink()
     with pytest.raises(TunebookError) as e:
-        vllm_command(["tone"], root)
+        vllm_command(resolved(root, "tone"))
     assert "no trained adapter" in str(e.value) and "make train RECIPE=tone" in str(e.value)
-    assert vllm_command(["tone"], root, require_files=False)[:2] == ["vllm", "serve"]  # --dry-run still shows it
+    assert vllm_command(resolved(root, "tone"), require_files=False)[:2] == ["vllm", "serve"]  # --dry-run still shows it
 
 
 def _cli(root, *args, env=None):
@@ -141,5 +148,5 @@ def test_starts_vllm(root, tmp_path):
     r = _cli(root, "support", "billing", "--port", "8123", env=env)
     assert r.returncode == 0, r.stderr
     called = json.loads((tmp_path / "called.json").read_text())
-    assert called["argv"] == vllm_command(["support", "billing"], root, port=8123)[1:]
+    assert called["argv"] == vllm_command(resolved(root, "support", "billing"), port=8123)[1:]
     assert called["lora_updates"] == "True"

@@ -26,9 +26,9 @@ import os
 import re
 import shlex
 
-from . import (AuthError, Instance, LaunchSpec, NoCapacity, NotFound, Provider, ProviderError, launch_table,
-               _message)
 from runner.errors import TunebookError
+from runner.ship.providers.base import (AuthError, Instance, LaunchSpec, NoCapacity, NotFound, Provider, ProviderError,
+                                        _message, api_key, launch_table)
 
 DEFAULT_URL = "https://cloud.lambdalabs.com/api/v1"
 GONE = ("terminating", "terminated")
@@ -46,8 +46,6 @@ class LambdaCloud(Provider):
 
     @classmethod
     def from_env(cls) -> "LambdaCloud":
-        from . import api_key
-
         return cls(os.environ.get("TUNEBOOK_LAMBDA_URL") or DEFAULT_URL,
                    api_key(("LAMBDA_API_KEY",), "Lambda", "https://cloud.lambda.ai/api-keys"))
 

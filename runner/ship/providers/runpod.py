@@ -15,9 +15,9 @@ from __future__ import annotations
 import os
 import re
 
-from . import (AuthError, Instance, LaunchSpec, NoCapacity, NotFound, Provider, ProviderError, launch_table,
-               _message)
 from runner.errors import TunebookError
+from runner.ship.providers.base import (AuthError, Instance, LaunchSpec, NoCapacity, NotFound, Provider, ProviderError,
+                                        _message, api_key, launch_table)
 
 DEFAULT_URL = "https://rest.runpod.io/v1"
 NO_CAPACITY = re.compile(r"no longer any instances available|not enough free gpus|no instances? available|"
@@ -31,8 +31,6 @@ class RunPod(Provider):
 
     @classmethod
     def from_env(cls) -> "RunPod":
-        from . import api_key
-
         return cls(os.environ.get("TUNEBOOK_RUNPOD_URL") or DEFAULT_URL,
                    api_key(("RUNPOD_API_KEY",), "RunPod", "https://console.runpod.io/user/settings (API Keys)"))
 

