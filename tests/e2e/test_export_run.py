@@ -1,6 +1,6 @@
 """`tunebook export` of a real trained run: the session's `make train RECIPE=ci-mini` (fixture ci_mini_make_train,
 shared with tests/e2e/test_train.py, so CI trains it once). The archive's layout and refusals are unit-tested on a
-fabricated run folder in tests/unit/test_export.py."""
+fabricated run folder in tests/unit/ship/test_export.py."""
 from __future__ import annotations
 
 import json

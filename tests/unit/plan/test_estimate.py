@@ -11,7 +11,7 @@ import pytest
 from runner.plan import estimate as P
 from runner.errors import TunebookError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 GIB = 1024 ** 3
 # The 7.38B Llama shape measured on an H100 (../shared/gpu/README.md, `mkmodel.py l8b 4096 32 14336 32 8`).
 L8B = {"model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,

@@ -11,7 +11,7 @@ from runner.data import check as datacheck
 from runner.data import prepare as dataprep
 from runner.errors import TunebookError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MODEL = REPO / ".cache" / "models" / "smollm2-135m-instruct"
 KOCHI = "കൊച്ചി കേരളത്തിലെ ഒരു തുറമുഖ നഗരമാണ്."  # precomposed (NFC) Malayalam
 

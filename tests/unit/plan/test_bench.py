@@ -19,7 +19,7 @@ from runner.hardware import Hardware
 from runner.recipe.load import load_recipe
 from runner.recipe.resolve import resolve
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 L8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
        "intermediate_size": 14336, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 49152,
        "tie_word_embeddings": False}
