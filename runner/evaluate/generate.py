@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -17,7 +17,7 @@ from runner.formats import block_format
 from runner.layout import RunLayout, StageLayout
 from runner.recipe.derive import VALIDATION_FRACTION, derive_defaults
 from runner.recipe.hygiene import recipe_model_dir, template_settings
-from runner.recipe.load import PREFERENCE_KINDS, TRAIN_KINDS, Recipe, Stage, load_recipe, looks_like_path
+from runner.recipe.load import PREFERENCE_KINDS, TRAIN_KINDS, Recipe, Stage, looks_like_path
 from runner.recipe.presets import load_defaults, load_preset
 
 # tunebook `training:` keys → Axolotl keys (LoRA keys and method are handled separately).
@@ -454,11 +454,6 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
         res.notes.insert(0, f"adapted the preset to this machine ({where}): {', '.join(adapted)}")
     res.notes = list(dict.fromkeys(res.notes))
     return res
-
-
-def resolve_recipe_by_name(name: str, root: str | Path = ".", **kw) -> ResolvedRecipe:
-    """Load, validate and resolve a recipe by name (the planner and other commands use this)."""
-    return resolve(load_recipe(name, root), **kw)
 
 
 def needs_merged(res: ResolvedRecipe, stage: ResolvedStage) -> bool:

@@ -179,7 +179,7 @@ def test_the_epoch_kept_is_chosen_on_the_validation_loss(proj, standin, monkeypa
     out = root / "runs/r/sft/output"
     best = json.loads((root / "runs/r/sft/best_epoch.json").read_text())
     assert best["eval_loss_per_epoch"] == [2.0, 1.5, 1.6] and best["epoch"] == 2 and best["epochs_run"] == 3
-    assert f"sft: kept epoch 2 of 3 (validation loss 1.5000, lowest 1.5000; per epoch: 2.000, 1.500, 1.600)" in r.stderr
+    assert "sft: kept epoch 2 of 3 (validation loss 1.5000, lowest 1.5000; per epoch: 2.000, 1.500, 1.600)" in r.stderr
     kept = (out / best["checkpoint"] / "adapter_model.safetensors").read_bytes()
     assert kept == (out / "adapter_model.safetensors").read_bytes()
     last = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
