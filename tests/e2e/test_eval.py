@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, make_project, run_cli
+from tests.conftest import REPO, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
 

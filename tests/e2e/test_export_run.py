@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from conftest import REPO, make_project, run_cli
+from tests.conftest import REPO, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from conftest import REPO, make_project, run_cli
+from tests.conftest import REPO, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
 

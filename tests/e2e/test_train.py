@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from conftest import REPO, make_project, run_cli
+from tests.conftest import REPO, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
 
