@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from runner.chat_template import fix_tokenizer
 from runner.console import say
 from runner.errors import TunebookError
 from runner.fsutil import atomic_dir
@@ -38,7 +39,6 @@ def prepare_default_model(dest: str | Path = DEFAULT_MODEL_DIR, quiet: bool = Fa
         return dest
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runner.chat_template import fix_tokenizer
 
     gguf = gguf_path()
     if not quiet:

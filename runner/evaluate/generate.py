@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.chat_template import end_of_turn_token
-from runner.errors import TunebookError
 from runner.console import say
+from runner.errors import TunebookError
+from runner.hardware import cpu_cores
 from runner.tokenizer import load_tokenizer as load_shared_tokenizer
-
 
 
 @dataclass
@@ -73,7 +73,6 @@ def use_vllm() -> bool:
 def set_threads() -> None:
     import torch
 
-    from runner.hardware import cpu_cores
 
     try:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cpu_cores())))

@@ -28,13 +28,23 @@ from pathlib import Path
 
 import yaml
 
-from runner.plan import estimate as P
-from runner.errors import TunebookError
 from runner.console import say
+from runner.data import prepare as dataprep
+from runner.errors import TunebookError
+from runner.fsutil import atomic_write_json, atomic_write_text
 from runner.layout import RunLayout, StageLayout
 from runner.pipeline.lock import package_versions as lock_package_versions
+from runner.plan import estimate as P
+from runner.recipe.load import TRAIN_KINDS, load_recipe, looks_like_path
+from runner.recipe.resolve import resolve, training_to_axolotl
 from runner.train import trainlog
-from runner.train.axolotl import axolotl_cmd, child_env, dist_settings, launcher_args, run_logged
+from runner.train.axolotl import (
+    axolotl_cmd,
+    child_env,
+    dist_settings,
+    launcher_args,
+    run_logged,
+)
 
 DEFAULT_WARMUP, DEFAULT_STEPS = 3, 10
 RESULTS_DIR = Path("benchmarks") / "results"
@@ -106,7 +116,6 @@ def naive_config(cfg: dict, cuda: bool) -> tuple[dict, list[str]]:
 
 
 def dump_config(path: Path, cfg: dict, title: str) -> None:
-    from runner.fsutil import atomic_write_text
 
     atomic_write_text(path, f"# Written by `tunebook bench` ({title}). Do not edit: it is rewritten every run.\n"
                       + yaml.safe_dump(cfg, sort_keys=True, allow_unicode=True, width=120))
@@ -323,11 +332,6 @@ def package_versions() -> dict:
 def resolve_for_bench(name: str, root: Path, opt: Options, h=None):
     """Resolve the recipe as `tunebook train` would, with the bench's --preset/--model applied to the recipe
     first; returns (resolved recipe, its first training stage)."""
-    from runner.recipe.load import TRAIN_KINDS, load_recipe
-    from runner.recipe.resolve import resolve
-
-    from runner.recipe.load import looks_like_path
-
     rec = load_recipe(name, root)
     if opt.preset or opt.model or opt.synthetic_rows:
         data = copy.deepcopy(rec.data)
@@ -398,7 +402,6 @@ def synthetic_rows(n: int, seed: int = 0) -> list[dict]:
 def write_synthetic(path: Path, n: int) -> None:
     import json
 
-    from runner.fsutil import atomic_write_text
 
     if n < 1:
         raise TunebookError("--synthetic-rows must be at least 1")
@@ -421,7 +424,6 @@ def parse_set(items: list[str] | None) -> dict:
 
 def overridden_preset_keys(res, stage) -> list[str]:
     """Preset settings that a derived default replaced (the bench measures what `tunebook train` runs)."""
-    from runner.recipe.resolve import training_to_axolotl
 
     if not res.preset:
         return []
@@ -495,8 +497,6 @@ def result_name(date: str, gpu_label: str, recipe: str, opt: Options) -> str:
 
 def bench(name: str, root: Path, opt: Options, argv: list[str] | None = None, h=None) -> tuple[dict, Path]:
     """Run the benchmark; write and return (result, path of the JSON)."""
-    from runner.data import prepare as dataprep
-    from runner.fsutil import atomic_write_json
 
     if opt.steps < 1:
         raise TunebookError("--steps must be at least 1")
