@@ -5,7 +5,7 @@ project root). Every module asks a `RunLayout` (the recipe's folder) or a `Stage
 for a path instead of spelling `"merged"` or `"metrics.json"` itself, so moving a file is a one-line change.
 
     runs/<recipe>/
-      tunebook.lock  manifest.json  report.md  plots/
+      tunebook.lock  .tunebook-run.lock  manifest.json  report.md  plots/
       data/<block>/{train,validation,held_out}.jsonl   data/report.json
       <stage>/ axolotl.yaml merge.yaml train.log inputs.hash best_epoch.json
                output/ (adapter or model, checkpoints)  merged/  prepared/
@@ -112,6 +112,11 @@ class RunLayout:
         return self.root / "manifest.json"
 
     @property
+    def run_lock(self) -> Path:
+        """Held (fcntl.flock) by the one `tunebook train` of this recipe running now; holds its PID."""
+        return self.root / ".tunebook-run.lock"
+
+    @property
     def report(self) -> Path:
         return self.root / "report.md"
 
@@ -152,6 +157,16 @@ class RunLayout:
     @property
     def launch_dir(self) -> Path:
         return self.root / "launch"
+
+    @property
+    def launch_task(self) -> Path:
+        """The SkyPilot task `tunebook launch` writes (and launches)."""
+        return self.launch_dir / "task.yaml"
+
+    @property
+    def launch_log(self) -> Path:
+        """The job's log, saved by `tunebook launch` (`sky logs --no-follow`) before the cluster is torn down."""
+        return self.launch_dir / "job.log"
 
     @property
     def launch_record(self) -> Path:

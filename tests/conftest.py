@@ -85,7 +85,12 @@ def build_tiny_base(out: Path) -> Path:
     whose turns end with the EOS: loads in milliseconds, generates in a fraction of a second, needs no model file
     of the project (`make model` is not a prerequisite of the unit tests that use it)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import (
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+    )
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
     vocab = {t: i for i, t in enumerate(specials)}
@@ -153,7 +158,9 @@ def proj(tmp_path, tiny_base, standin):
     """Factory for the bookkeeping tests: proj(RECIPE_TEXT, name="r", **format) -> project root with
     recipes/<name>.yaml over the tiny base model and the data files of tests/fakes/pipeline_project.py; `tunebook`
     calls in the test train with the stand-in Axolotl."""
-    from tests.fakes.pipeline_project import new_project  # it imports this module's helpers
+    from tests.fakes.pipeline_project import (
+        new_project,  # it imports this module's helpers
+    )
 
     return lambda text, name="r", **fmt: new_project(tmp_path / "proj", tiny_base, text, name, **fmt)
 
@@ -261,3 +268,15 @@ def cli():
     """`cli(*args, cwd=..., env=...)`: the `tunebook` command in-process (see tunebook()); the e2e tests, which
     train for real, call run_cli() for a real subprocess."""
     return tunebook
+
+
+def generate_reply(model_dir, question="How many days of annual leave do I get?") -> str:
+    """Greedy reply of a trained model folder to one question (its own chat template)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    enc = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    out = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    return tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)

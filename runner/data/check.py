@@ -9,22 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-import unicodedata
+import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from runner.console import NULL_REPORTER, Reporter
 from runner.data import dedup
 from runner.errors import TunebookError
-from runner.formats import FORMATS, answers, detect_format, row_format, turns  # noqa: F401  (FORMATS re-exported)
+from runner.formats import (FORMATS, content_problems, detect_format, empty_file_error, iter_lines,  # noqa: F401
+                             normalize_text, normalize_value, open_data, parse_line, row_format, row_validator,
+                             turns, type_name)
 from runner.fsutil import sha256_file
-from runner.recipe.load import SCHEMA_DIR, keypath_str
-
-if TYPE_CHECKING:
-    from jsonschema import Draft202012Validator
+from runner.recipe.load import keypath_str
 
 ROLES = ("system", "user", "assistant")
 MAX_SHOWN = 20          # problems shown in an error / on screen
@@ -36,6 +32,7 @@ PROBLEM_KINDS = {
     "invalid_json": "invalid JSON",
     "bad_encoding": "not UTF-8",
     "not_object": "not a JSON object",
+    "too_long": "line too long",
     "missing_field": "missing field",
     "empty_field": "empty field",
     "wrong_type": "wrong type",
@@ -93,42 +90,7 @@ class Problem:
 
 # ----------------------------------------------------------------------------------------------- normalise
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufeff]")
-_TRAILING = re.compile(r"[ \t\u00a0\u3000]+(?=\n)")
-
-
-def normalize_text(s: str, fixes: set) -> str:
-    """NFC, no stray control characters (tab and newline kept; CR/CRLF become LF), no trailing whitespace."""
-    if "\r" in s:
-        s = s.replace("\r\n", "\n").replace("\r", "\n")
-        fixes.add("control")
-    if not s.isascii():
-        if not unicodedata.is_normalized("NFC", s):
-            s = unicodedata.normalize("NFC", s)
-            fixes.add("nfc")
-        if _CONTROL.search(s):
-            s = _CONTROL.sub("", s)
-            fixes.add("control")
-    elif _CONTROL.search(s):
-        s = _CONTROL.sub("", s)
-        fixes.add("control")
-    if s and (s[-1].isspace() or " \n" in s or "\t\n" in s or "\u00a0\n" in s or "\u3000\n" in s):
-        t = _TRAILING.sub("", s).rstrip()
-        if t != s:
-            s = t
-            fixes.add("whitespace")
-    return s
-
-
-def normalize_value(v, fixes: set):
-    """Normalise every string inside a JSON value (keys untouched)."""
-    if isinstance(v, str):
-        return normalize_text(v, fixes)
-    if isinstance(v, dict):
-        return {k: normalize_value(x, fixes) for k, x in v.items()}
-    if isinstance(v, list):
-        return [normalize_value(x, fixes) for x in v]
-    return v
+# normalize_text / normalize_value live in runner.formats (the derived defaults normalise rows too).
 
 
 @dataclass
@@ -160,16 +122,7 @@ class NormStats:
 # ------------------------------------------------------------------------------------------------ validate
 
 
-@lru_cache(maxsize=None)
-def row_validator(fmt: str) -> Draft202012Validator:
-    from jsonschema import Draft202012Validator  # a tenth of a second to import: only when rows are checked
-
-    return Draft202012Validator(json.loads((SCHEMA_DIR / "rows" / f"{fmt}.json").read_text()))
-
-
-def _type_name(v) -> str:
-    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "null"}.get(type(v), type(v).__name__)
+_type_name = type_name
 
 
 def _schema_problem(err, fmt: str, row: dict) -> list[tuple[str, str | None, str]]:
@@ -210,17 +163,7 @@ def validate_row(row: dict, fmt: str, min_output_chars: int = 1) -> list[tuple[s
                     seen.add((p[0], p[1]))
                     out.append(p)
         return out
-    out = []
-    if fmt == "chat" and not any(m["role"] == "assistant" for m in row["messages"]):
-        out.append(("no_assistant", "messages", "no assistant message: nothing to train on"))
-    for fld, text in answers(row, fmt):
-        if len(text.strip()) < min_output_chars:
-            n = len(text.strip())
-            out.append(("too_short", fld, f"{n} character{'s' if n != 1 else ''}, fewer than "
-                                          f"min_output_chars ({min_output_chars})"))
-    if fmt == "preference" and " ".join(row["chosen"].split()) == " ".join(row["rejected"].split()):
-        out.append(("same_answer", "rejected", "chosen and rejected are the same text: nothing to prefer"))
-    return out
+    return content_problems(row, fmt, min_output_chars)
 
 
 # ---------------------------------------------------------------------------------------------------- read
@@ -243,45 +186,23 @@ def read_file(path: Path, src: str, fmt: str, group: str, min_output_chars: int 
               reporter: Reporter = NULL_REPORTER) -> FileResult:
     """Parse, normalise and validate every non-empty line of a JSON Lines file."""
     res = FileResult(src, fmt)
-    try:
-        size = path.stat().st_size
-        fh = open(path, "rb")
-    except OSError as exc:
-        raise TunebookError(f"cannot read data file {src}: {exc.strerror}", where=src,
-                            fix="Check the path in the recipe's data block.") from None
+    fh = open_data(path, src)
+    size = os.fstat(fh.fileno()).st_size
     advance = reporter.start(f"checking {src}", size)
     pending = 0
     with fh:
-        for n, raw in enumerate(fh, 1):
-            pending += len(raw)
+        for n, raw in iter_lines(fh):
+            pending += len(raw) if raw is not None else 0
             if pending > 1 << 20:
                 advance(pending)
                 pending = 0
-            if n == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            if not raw.strip():
+            if raw is not None and not raw.strip():
                 continue
             res.lines += 1
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
+            row, problem = parse_line(raw, n)
+            if problem is not None:
                 res.invalid_rows += 1
-                res.problems.append(Problem(
-                    "bad_encoding", src, n, None,
-                    f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte {exc.start + 1}): the file mixes "
-                    "encodings; save it as UTF-8"))
-                continue
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as exc:
-                res.invalid_rows += 1
-                res.problems.append(Problem("invalid_json", src, n, None,
-                                            f"invalid JSON: {exc.msg} (column {exc.colno})"))
-                continue
-            if not isinstance(row, dict):
-                res.invalid_rows += 1
-                res.problems.append(Problem("not_object", src, n, None,
-                                            f"each line must be a JSON object, found {_type_name(row)}"))
+                res.problems.append(Problem(problem[0], src, n, None, problem[1]))
                 continue
             fixes: set = set()
             row = normalize_value(row, fixes)
@@ -298,6 +219,8 @@ def read_file(path: Path, src: str, fmt: str, group: str, min_output_chars: int 
             res.rows.append(Row(src, n, row, fmt, group))
     advance(pending)
     reporter.done()
+    if not res.lines:
+        raise empty_file_error(src)
     return res
 
 
@@ -478,8 +401,9 @@ def file_format(path: Path, declared: str | None) -> str | None:
 
 
 def check_block(root: Path, name: str, block: dict, kind: str = "sft", validation_fraction: float = 0.0,
-                reporter: Reporter = NULL_REPORTER, fmt: str | None = None) -> BlockResult:
-    """Run every check on one data block (paths relative to `root`) and split its rows."""
+                reporter: Reporter = NULL_REPORTER, fmt: str | None = None, near_dedup: bool = True) -> BlockResult:
+    """Run every check on one data block (paths relative to `root`) and split its rows. near_dedup=False skips
+    the near-duplicate pass (what `validate` asks: the rows' validity, not the split `data check` writes)."""
 
     def resolve(p: str) -> Path:
         return Path(p) if Path(p).is_absolute() else root / p
@@ -512,6 +436,14 @@ def check_block(root: Path, name: str, block: dict, kind: str = "sft", validatio
     held: list[Row] | None = None
     if block.get("held_out"):
         hf = block["held_out"]
+        copied = [f for f in train_files if br.sources[f]["sha256"] == sha256_file(resolve(hf))]
+        if copied:
+            # Scoring the model on the rows it trained on measures memorisation, not what it learned.
+            raise TunebookError(
+                f"the held-out file {hf} is the training file {copied[0]} (same content): the held-out score "
+                "would only measure memorisation", where=hf,
+                fix="Give held_out: a file of rows the model does not train on, or remove held_out: to split "
+                    f"{DEFAULT_HELD_OUT_FRACTION:.0%} of the training rows off as held-out.")
         held = load(hf, detect_format(resolve(hf)) or fmt, "held_out")
     mixes = []
     for i, m in enumerate(block.get("mix") or []):
@@ -526,7 +458,7 @@ def check_block(root: Path, name: str, block: dict, kind: str = "sft", validatio
 
     # Dedup across everything at once, held-out first so that its rows win every cluster.
     everything = (held or []) + train + [r for _, rows in mixes for r in rows]
-    dd = deduplicate(everything, exact=ddcfg.get("exact", True), near=ddcfg.get("near", True),
+    dd = deduplicate(everything, exact=ddcfg.get("exact", True), near=near_dedup and ddcfg.get("near", True),
                      threshold=ddcfg.get("threshold", dedup.DEFAULT_THRESHOLD),
                      shingle=ddcfg.get("shingle", dedup.DEFAULT_SHINGLE), reporter=reporter)
     br.dedup = dd

@@ -130,9 +130,10 @@ def _write_block(out_dir: Path, bc: BlockCheck) -> PreparedBlock:
 
 
 def run_checks(res, tokens: bool = True, write: bool = True, write_report: bool = True,
-               reporter: Reporter | None = None) -> DataCheck:
+               reporter: Reporter | None = None, near_dedup: bool = True) -> DataCheck:
     """Check every data block of a resolved recipe; write the prepared files (only for blocks without failures)
-    and report.json. Never raises for bad rows: the result says what failed."""
+    and report.json. Never raises for bad rows: the result says what failed. near_dedup=False: the rows'
+    validity only (`validate`: fast, and the light image has no MinHash library)."""
     reporter = reporter or NULL_REPORTER
     rec = res.recipe
     system = rec.data.get("system_prompt")
@@ -148,19 +149,34 @@ def run_checks(res, tokens: bool = True, write: bool = True, write_report: bool 
                                 fix="Set data.format to alpaca, chat or preference.")
         # The resolver decided the validation split (runner.recipe.resolve); the data step only carves it.
         fraction = stage.validation_fraction if stage is not None else 0.0
-        br = datacheck.check_block(rec.root, name, block, kind, fraction, reporter, fmt)
+        br = datacheck.check_block(rec.root, name, block, kind, fraction, reporter, fmt, near_dedup)
         rows = {split: [convert(r, split, system) for r in rs] for split, rs in br.splits.items()}
         bc = BlockCheck(br, rows)
         if tokens:
             bc.tokens = _token_stats(res, name, bc, stage, reporter, tok_cache)
-        if write and not br.failed:
+        if write and not br.failed and br.splits.get("train"):  # nothing trains on a block without rows
             bc.prepared = _write_block(data_root / name, bc)
         blocks[name] = bc
     report = build_report(res, blocks)
     dc = DataCheck(res, blocks, report, data_root / "report.json")
     if write_report:
         atomic_write_json(dc.report_path, report)
+    if not dc.failed:
+        no_rows_left(dc)
     return dc
+
+
+def no_rows_left(dc: DataCheck) -> None:
+    """Raise when a block has no training rows left after the checks (nothing would train), with why."""
+    for name, bc in dc.blocks.items():
+        if not bc.rows.get("train"):
+            c = bc.result.counts()
+            raise TunebookError(f"data block '{name}' has no training rows left after the checks "
+                                f"({c['rows_in']} rows in, {c['invalid']} invalid, {c['exact_duplicates']} exact and "
+                                f"{c['near_duplicates']} near duplicates, {c['held_out_leaks']} held-out leaks)",
+                                where=str(dc.report_path) if dc.report_path.is_file() else None,
+                                fix="Check the data files named in the recipe (a held-out file that repeats the "
+                                    "training rows leaves nothing to train on).")
 
 
 def build_report(res, blocks: dict[str, BlockCheck]) -> dict:
@@ -192,8 +208,9 @@ def build_report(res, blocks: dict[str, BlockCheck]) -> dict:
     }
 
 
-def failure(dc: DataCheck) -> TunebookError:
-    """The error that stops a run whose data has invalid rows under on_error: fail."""
+def failure(dc: DataCheck, report_written: bool = True) -> TunebookError:
+    """The error that stops a run whose data has invalid rows under on_error: fail (`report_written`: whether
+    report.json lists them, as after `data check` and the pipeline's data step; `validate` writes nothing)."""
     probs = [p for b in dc.blocks.values() if b.result.failed for p in b.result.problems]
     n_rows = sum(b.result.invalid_rows for b in dc.blocks.values() if b.result.failed)
     name = dc.res.recipe.name
@@ -204,8 +221,9 @@ def failure(dc: DataCheck) -> TunebookError:
     return TunebookError(
         f"{n_rows} invalid row{'s' if n_rows != 1 else ''} in the data ({datacheck.problem_counts(probs)}); "
         f"the first {shown}:\n{datacheck.format_problems(probs)}\n"
-        f"Fix these rows, or set `on_error: drop` in the data block to train without them. Every problem is "
-        f"listed in {report}; `tunebook data check {name}` shows the full report.")
+        f"Fix these rows, or set `on_error: drop` in the data block to train without them. "
+        + (f"Every problem is listed in {report}; " if report_written else "")
+        + f"`tunebook data check {name}` shows the full report.")
 
 
 def _n(n: int, noun: str) -> str:
@@ -258,13 +276,7 @@ def prepare(res, quiet: bool = False, tokens: bool = True, write_report: bool = 
     dc = run_checks(res, tokens=tokens, write=True, write_report=write_report, reporter=reporter)
     if dc.failed:
         raise failure(dc)
-    for name, bc in dc.blocks.items():
-        if not bc.rows.get("train"):
-            c = bc.result.counts()
-            raise TunebookError(f"data block '{name}' has no training rows left after the checks "
-                                f"({c['rows_in']} rows in, {c['invalid']} invalid, {c['exact_duplicates']} exact and "
-                                f"{c['near_duplicates']} near duplicates, {c['held_out_leaks']} held-out leaks)",
-                                where=str(dc.report_path), fix="Check the data files named in the recipe.")
+    no_rows_left(dc)
     if not quiet:
         for line in summary_lines(dc):
             say(line)

@@ -5,7 +5,10 @@ date and is not re-run. Anything else (and everything downstream of it) runs aga
 """
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -14,7 +17,12 @@ from runner.errors import TunebookError
 from runner.fsutil import atomic_write_text, sha256_file, sha256_json
 from runner.layout import RunLayout
 from runner.recipe.resolve import ResolvedStage
+from runner.safeload import Limits, load_json_file
+from runner.train.axolotl import INHERITED_FDS
 from runner.train.stage import output_hash
+
+# A lock records a few hashes per stage: megabytes would be a damaged or foreign file, not a lock.
+LOCK_LIMITS = Limits(max_bytes=16 * 1024 * 1024, max_depth=16, max_nodes=1_000_000)
 
 PACKAGES = ("tunebook", "axolotl", "transformers", "peft", "trl", "torch", "bitsandbytes", "datasets",
             "accelerate")
@@ -77,13 +85,56 @@ def outputs_hash(stage: ResolvedStage) -> str | None:
     return None if any(v is None for v in hashes.values()) else sha256_json(hashes)
 
 
+def damaged_lock(path: Path, problem: str) -> TunebookError:
+    """The error of a lock file tunebook cannot trust: it is never read as empty nor rewritten."""
+    aside = path.with_name(path.name + ".damaged")
+    return TunebookError(
+        f"the lock file is damaged: {problem}", where=str(path),
+        fix=f"tunebook leaves it as it is (it records which stages finished). Restore it from a backup, or move it "
+            f"aside (`mv {path} {aside}`) and run again: every stage then counts as not run and is re-made.")
+
+
+def _shape_problem(lock) -> str | None:
+    """What is wrong with the shape of a parsed lock (None when it is a lock)."""
+    if not isinstance(lock, dict):
+        return f"expected a JSON object, found {type(lock).__name__}"
+    stages = lock.get("stages")
+    if not isinstance(stages, dict):
+        return "'stages' is missing or not an object"
+    strings = ("kind", "input_hash", "gate", "started", "finished")
+    for name, entry in stages.items():
+        if not isinstance(entry, dict):
+            return f"stages.{name} is not an object"
+        for k in strings:
+            if k in entry and not isinstance(entry[k], str):
+                return f"stages.{name}.{k} is not a string"
+        if entry.get("output_hash") is not None and not isinstance(entry["output_hash"], str):
+            return f"stages.{name}.output_hash is not a string"
+        if "failed_gates" in entry and not (isinstance(entry["failed_gates"], list)
+                                            and all(isinstance(g, str) for g in entry["failed_gates"])):
+            return f"stages.{name}.failed_gates is not a list of strings"
+        for k in ("inputs", "outputs"):
+            if k in entry and not isinstance(entry[k], dict):
+                return f"stages.{name}.{k} is not an object"
+        for k in ("data", "upstream", "versions"):
+            if k in entry.get("inputs", {}) and not isinstance(entry["inputs"][k], dict):
+                return f"stages.{name}.inputs.{k} is not an object"
+    return None
+
+
 def read_lock(path: Path) -> dict:
-    if not path.is_file():
+    """The lock of a run (an empty one when the run has none). A lock that is not one (truncated, binary, of
+    another shape) is a TunebookError naming it: reading it as empty would re-run and overwrite what finished."""
+    if not os.path.lexists(path):
         return {"version": 1, "stages": {}}
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return {"version": 1, "stages": {}}
+        lock = load_json_file(path, str(path), LOCK_LIMITS)
+    except TunebookError as exc:
+        raise damaged_lock(path, exc.what) from None
+    problem = _shape_problem(lock)
+    if problem:
+        raise damaged_lock(path, problem)
+    return lock
 
 
 def write_lock(path: Path, lock: dict) -> None:
@@ -122,3 +173,47 @@ def refuse_if_gate_failed(run_root: Path, recipe: str, action: str) -> None:
                                 where=str(path),
                                 fix=f"Improve the data or training and run `make train RECIPE={recipe}` until the "
                                     "gates pass (or change eval.gates in the recipe).")
+
+
+@contextmanager
+def run_lock(layout: RunLayout):
+    """Hold the run lock of a recipe (layout.run_lock, fcntl.flock) while its pipeline runs: a second `tunebook
+    train` of the same recipe is refused with the PID of the one running. The kernel releases the lock when its
+    process dies, so a lock file left by a killed run is stale and simply taken over."""
+    path = layout.run_lock
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").split()
+            pid = holder[0] if holder else "unknown"
+            if pid.isdigit() and not _alive(int(pid)):
+                raise TunebookError(
+                    f"the run lock of {layout.recipe} is held by an Axolotl process that a killed `tunebook "
+                    f"train` (PID {pid}) left running", where=str(path),
+                    fix=f"Stop it (`fuser -k {path}` or `lsof {path}` shows its PID), then run again: finished "
+                        "stages are kept and the interrupted one resumes.", exit_code=1) from None
+            raise TunebookError(
+                f"another `tunebook train {layout.recipe}` is running (PID {pid}) and holds the run lock",
+                where=str(path),
+                fix=f"Wait for it to finish (`tunebook status {layout.recipe}` shows its progress), or stop it "
+                    f"(`kill {pid}`: finished stages are kept and the interrupted one resumes).", exit_code=1) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        INHERITED_FDS.add(fd)
+        yield
+    finally:
+        INHERITED_FDS.discard(fd)
+        os.close(fd)  # the flock is released once no process holds this descriptor (Axolotl's included)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

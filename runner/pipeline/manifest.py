@@ -7,9 +7,11 @@ import json
 import subprocess
 from pathlib import Path
 
-from runner.train import trainlog
+from runner.errors import TunebookError
 from runner.fsutil import atomic_write_json, sha256_file
-from runner.pipeline.lock import package_versions
+from runner.pipeline.lock import LOCK_LIMITS, package_versions
+from runner.safeload import load_json_file
+from runner.train import trainlog
 
 
 def git_state(root: Path) -> dict:
@@ -27,6 +29,24 @@ def git_state(root: Path) -> dict:
         return {"commit": None, "dirty": None}
 
 
+def read_manifest(path: Path) -> dict:
+    """The manifest of an earlier run ({} when there is none); a damaged one is an error naming it, never
+    silently replaced (it holds the record of every finished stage)."""
+    if not path.exists():
+        return {}
+    try:
+        old = load_json_file(path, str(path), LOCK_LIMITS)
+        problem = None if isinstance(old, dict) and isinstance(old.get("stages", {}), dict) else "not a manifest"
+    except TunebookError as exc:
+        problem = exc.what
+    if problem:
+        aside = path.with_name(path.name + ".damaged")
+        raise TunebookError(f"the run manifest is damaged: {problem}", where=str(path),
+                            fix=f"Restore it from a backup, or move it aside (`mv {path} {aside}`) and run again "
+                                "(the new manifest then records only the stages that run).")
+    return old
+
+
 class Manifest:
     """Accumulates a run's record and rewrites manifest.json atomically after every change."""
 
@@ -37,7 +57,7 @@ class Manifest:
     @classmethod
     def open(cls, res) -> "Manifest":
         path = res.layout.manifest
-        old = json.loads(path.read_text()) if path.is_file() else {}
+        old = read_manifest(path)
         rec = res.recipe
         data = {
             "recipe": rec.name,

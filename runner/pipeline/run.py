@@ -19,7 +19,7 @@ from runner.evaluate.stage import run_eval_stage
 from runner.fsutil import atomic_write_text
 from runner.pipeline import lock as lk
 from runner.pipeline.decide import Decision, decide, stage_inputs
-from runner.pipeline.manifest import Manifest
+from runner.pipeline.manifest import Manifest, read_manifest
 from runner.pipeline.report import report_for
 from runner.recipe.resolve import ResolvedRecipe, ResolvedStage
 from runner.train.stage import run_merge_stage, run_training_stage
@@ -32,23 +32,36 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def begin_attempt(stage: ResolvedStage, input_hash: str) -> None:
-    """Ready the stage folder for an attempt with these inputs: what an earlier attempt made from other inputs is
-    removed (its checkpoints must not be resumed), and the inputs are written down for the next attempt."""
+def begin_attempt(stage: ResolvedStage, input_hash: str, entry: dict | None = None, forced: bool = False) -> None:
+    """Ready the stage folder for an attempt with these inputs, and write them down for the next attempt.
+
+    An attempt resumes (Axolotl continues from its last checkpoint) only when it continues an interrupted one:
+    the stage's marker names these very inputs and the lock does not record the stage as finished from them.
+    Otherwise (--force, other inputs, a finished stage whose outputs were damaged, no marker) what an earlier
+    attempt left is removed and the stage starts fresh: old checkpoints must not be resumed."""
     marker = stage.paths.inputs_hash
-    if marker.is_file() and marker.read_text().strip() != input_hash:
-        # Old checkpoints were made from other inputs: resuming from them would mix two runs.
-        say(f"{stage.name}: inputs changed since the last attempt; starting fresh")
-        for sub in stage.paths.attempt_dirs():
-            shutil.rmtree(sub, ignore_errors=True)
+    recorded = marker.read_text().strip() if marker.is_file() else None
+    finished = bool(entry) and entry.get("input_hash") == input_hash and bool(entry.get("output_hash"))
+    if forced or finished or recorded != input_hash:
+        left = [d for d in stage.paths.attempt_dirs() if d.exists()]
+        if forced:
+            say(f"{stage.name}: --force: starting fresh" + (" (the previous run's checkpoints and outputs are "
+                                                             "removed)" if left else ""))
+        elif left and recorded is not None and recorded != input_hash:
+            say(f"{stage.name}: inputs changed since the last attempt; starting fresh")
+        elif left and finished:
+            say(f"{stage.name}: starting fresh (the stage had finished; its checkpoints are not resumed)")
+        elif left:
+            say(f"{stage.name}: starting fresh (no record of an interrupted attempt with these inputs)")
+        for sub in left:
+            shutil.rmtree(sub)
     stage.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, input_hash + "\n")
 
 
 def run_stage(res: ResolvedRecipe, stage: ResolvedStage, input_hash: str, quiet: bool = False) -> dict | None:
-    """The default stage runner: one attempt of one stage. Returns an eval stage's metrics (None for the others);
-    a failed eval gate raises GateFailed after the metrics are written."""
-    begin_attempt(stage, input_hash)
+    """The default stage runner: one attempt of one stage (its folder readied by begin_attempt). Returns an eval
+    stage's metrics (None for the others); a failed eval gate raises GateFailed after the metrics are written."""
     if stage.kind == "eval":
         return run_eval_stage(res, stage, quiet=quiet)
     if stage.kind == "merge":
@@ -104,13 +117,19 @@ class Pipeline:
         return out
 
     def run(self) -> dict:
+        """Run every stage that must run, holding the recipe's run lock (one `tunebook train` per recipe)."""
+        self.res.run_root.mkdir(parents=True, exist_ok=True)
+        with lk.run_lock(self.res.layout):
+            return self._run()
+
+    def _run(self) -> dict:
         res = self.res
-        res.run_root.mkdir(parents=True, exist_ok=True)
         for note in res.notes:
             say(note)
+        lock = lk.read_lock(self.lock_path)  # a damaged lock stops the run before anything is written
+        read_manifest(res.layout.manifest)
         blocks = dataprep.prepare(res)
         sources = dataprep.source_hashes(res)
-        lock = lk.read_lock(self.lock_path)
         manifest = Manifest.open(res)
         manifest.record_data(blocks)
         upstream_hashes: dict[str, str | None] = {}
@@ -139,6 +158,7 @@ class Pipeline:
         returns the hash of its outputs."""
         ih, inputs = d.inputs.hash, d.inputs.to_dict()
         started, t0 = _now(), time.time()
+        begin_attempt(st, ih, d.entry, d.forced)
         try:
             self.runner(self.res, st, ih, self.quiet)
         except GateFailed as exc:

@@ -10,7 +10,7 @@ import math
 
 from runner import hardware as hw
 from runner.chat_template import count_tokens
-from runner.formats import block_format, read_jsonl, to_messages
+from runner.formats import block_format, checked_rows, open_data, to_messages
 from runner.recipe.load import Recipe
 from runner.tokenizer import load_tokenizer
 
@@ -19,16 +19,25 @@ MIN_SEQ, SEQ_STEP = 128, 64
 VALIDATION_FRACTION = 0.1  # carved out of a small fact set to pick the best epoch
 
 
-def count_rows(rec: Recipe, block: dict) -> int:
+def train_rows(rec: Recipe, block: dict) -> tuple[str | None, list[dict]]:
+    """(format, rows) of a data block's training files, only the rows that pass the data check's row check
+    (runner.formats.checked_rows): a malformed row never reaches the chat template here, and counts nothing;
+    `tunebook data check` reports it at its file:line. A file that is not JSON Lines at all is an error."""
     files = block["train"] if isinstance(block["train"], list) else [block["train"]]
-    n = 0
+    fmt = block_format(block, rec.root)
+    if fmt is None:
+        for f in files:  # say why the format can't be told when the file itself is the problem
+            open_data(rec.resolve_path(f), f).close()
+        return None, []
+    rows = []
     for f in files:
-        try:
-            with open(rec.resolve_path(f), encoding="utf-8") as fh:
-                n += sum(1 for line in fh if line.strip())
-        except OSError:
-            pass
-    return n
+        rows += checked_rows(rec.resolve_path(f), f, fmt, block.get("min_output_chars", 1))
+    return fmt, rows
+
+
+def count_rows(rec: Recipe, block: dict) -> int:
+    """Training rows of a block that pass the row check."""
+    return len(train_rows(rec, block)[1])
 
 
 def epochs_for(rows: int) -> tuple[float, str]:
@@ -57,21 +66,16 @@ def round_seq(n: int) -> int:
     return max(MIN_SEQ, int(math.ceil(n / SEQ_STEP) * SEQ_STEP))
 
 
-def token_lengths(rec: Recipe, block: dict, model_dir, chat_template: str | None) -> list[int]:
-    """Token count of each training row as the model sees it (chat template applied), counted the way the
-    data check counts them (`runner.chat_template.count_tokens`, which remembers them for the data check)."""
-    fmt = block_format(block, rec.root)
+def token_lengths(rec: Recipe, block: dict, model_dir, chat_template: str | None,
+                  checked: tuple[str | None, list[dict]] | None = None) -> list[int]:
+    """Token count of each checked training row as the model sees it (chat template applied), counted the way
+    the data check counts them (`runner.chat_template.count_tokens`, which remembers them for the data check).
+    `checked`: train_rows(rec, block) when the caller has it already."""
+    fmt, rows = checked or train_rows(rec, block)
     if fmt not in ("alpaca", "chat"):
         return []
     tok = load_tokenizer(model_dir, local_only=True)
-    files = block["train"] if isinstance(block["train"], list) else [block["train"]]
-    convs = []
-    for f in files:
-        for _, row in read_jsonl(rec.resolve_path(f), f):
-            try:
-                convs.append(to_messages(row, fmt, rec.data.get("system_prompt"))["messages"])
-            except (KeyError, TypeError):
-                continue  # the data check reports malformed rows
+    convs = [to_messages(row, fmt, rec.data.get("system_prompt"))["messages"] for row in rows]
     return count_tokens(tok, convs, chat_template)
 
 
@@ -93,12 +97,13 @@ def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=
     trains_sft = any(s.kind == "sft" for s in rec.stages)
     method = ((rec.data.get("training") or {}).get("method") or ((preset or {}).get("training") or {}).get("method")
               or "lora")
-    rows = count_rows(rec, block)
+    checked = train_rows(rec, block) if trains_sft else (None, [])
+    rows = len(checked[1])
     if trains_sft and rows:
         out["epochs"], why["epochs"] = epochs_for(rows)
         out["learning_rate"], why["learning_rate"] = learning_rate_for(method, rows)
 
-    lengths = token_lengths(rec, block, model_dir, chat_template) if model_dir and trains_sft else []
+    lengths = token_lengths(rec, block, model_dir, chat_template, checked) if model_dir and trains_sft else []
     if lengths:
         p99, longest = percentile(lengths, 0.99), max(lengths)
         seq = round_seq(p99)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -11,12 +12,39 @@ from typing import TYPE_CHECKING
 
 from runner.errors import RecipeErrors, TunebookError
 from runner.formats import block_format
-from runner.recipe.yamlpos import Located, load_yaml
+from runner.layout import RunLayout
+from runner.recipe.yamlpos import RECIPE_LIMITS, Located, load_yaml
+from runner.safeload import Limits, load_json_file, load_yaml_file, nonfinite_paths
 
 # The checkout (or installed tree) that holds schema/ and recipes/presets/ next to runner/.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = PACKAGE_ROOT / "schema"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Recipe and stage names become folder names (runs/<recipe>/<stage>/), image tags and command-line words: no
+# shell metacharacters, no path separators, no leading dot or dash, and short enough for any file system.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+NAME_RULE = "up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
+# Data files outside the project are read only from the folders this variable lists (os.pathsep-separated,
+# absolute or relative to the project root): a recipe can't widen what it may read by itself.
+DATA_ROOTS_ENV = "TUNEBOOK_DATA_ROOTS"
+# Axolotl keys the pipeline sets itself (runner.recipe.resolve wires them): from `axolotl:` they would bypass
+# the run layout, the lock and the atomic outputs. Each says what to write instead.
+OWNED_AXOLOTL_KEYS = {
+    "base_model": "the recipe's `base_model:`",
+    "output_dir": "nothing: every stage writes to runs/<recipe>/<stage>/output ($TUNEBOOK_RUNS moves the runs "
+                  "folder)",
+    "dataset_prepared_path": "nothing: each stage keeps its own tokenisation cache in runs/<recipe>/<stage>/prepared",
+    "datasets": "`data: {train: <file>, format: ...}` (or a stage's own `data:`)",
+    "test_datasets": "`data: {validation_fraction: 0.1}`",
+    "pretraining_dataset": "`data: {train: <file>}`",
+    "rl": "a stage kind: `stages: [sft, dpo, merge]`",
+    "lora_model_dir": "`from: adapter` on a dpo stage (continue the previous stage's adapter)",
+    "resume_from_checkpoint": "nothing: tunebook resumes an interrupted stage from its last checkpoint itself",
+    "auto_resume_from_checkpoints": "nothing: tunebook resumes an interrupted stage from its last checkpoint itself",
+    "deepspeed": "a preset that names a DeepSpeed config (e.g. `preset: full-ft-multigpu`; presets live in "
+                 "recipes/presets/)",
+}
+# A JSON Schema file (eval.json_schema) is a page of rules.
+SCHEMA_FILE_LIMITS = Limits(max_bytes=1024 * 1024, max_depth=32, max_nodes=50_000)
 TRAIN_KINDS = ("sft", "dpo", "orpo", "kto")
 PREFERENCE_KINDS = ("dpo", "orpo", "kto")
 if TYPE_CHECKING:  # jsonschema takes a tenth of a second to import: only when a recipe is validated
@@ -102,7 +130,15 @@ def describe_schema_error(err) -> tuple[tuple, str]:
             return path, f"unknown stage '{inst}'{_did_you_mean(inst, kinds)} Stages are: {', '.join(kinds)}"
         from jsonschema.exceptions import best_match
 
-        return describe_schema_error(best_match(err.context))
+        # A branch that refuses the value's very type (a mapping against `enum`) says nothing useful when
+        # another branch accepts the type and objects to something inside it.
+        branches: dict = {}
+        for c in err.context:
+            branches.setdefault(c.relative_schema_path[0], []).append(c)
+        fitting = [c for errs in branches.values()
+                   if not any(e.validator in ("type", "enum", "const") and tuple(e.absolute_path) == path
+                              for e in errs) for c in errs]
+        return describe_schema_error(best_match(fitting or err.context))
     if v == "additionalProperties":
         allowed = sorted(sch.get("properties", {}))
         extra = [k for k in inst if k not in sch.get("properties", {})]
@@ -119,7 +155,7 @@ def describe_schema_error(err) -> tuple[tuple, str]:
     if v == "type":
         return path, f"expected {err.validator_value if isinstance(err.validator_value, str) else ' or '.join(err.validator_value)}, found {_type_name(inst)} ({json.dumps(inst, default=str)})"
     if v == "enum":
-        return path, f"expected one of {', '.join(map(str, sch['enum']))}; found '{inst}'{_did_you_mean(inst, sch['enum'])}"
+        return path, f"expected one of {', '.join(map(str, sch['enum']))}; found {repr(inst) if isinstance(inst, str) else json.dumps(inst, default=str)}{_did_you_mean(inst, sch['enum'])}"
     if v == "const":
         return path, f"expected '{sch['const']}', found {json.dumps(inst, default=str)}"
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
@@ -148,7 +184,7 @@ def recipe_file(name_or_path: str, root: Path) -> Path:
     """Map a recipe name (or a path inside recipes/) to its file; refuse anything outside recipes/."""
     recipes_dir = (root / "recipes").resolve()
     arg = name_or_path.strip()
-    if NAME_RE.match(arg) and "/" not in arg and not arg.endswith((".yaml", ".yml")):
+    if NAME_RE.fullmatch(arg) and "/" not in arg and not arg.endswith((".yaml", ".yml")):
         candidate = recipes_dir / f"{arg}.yaml"
     else:
         candidate = (root / arg).resolve()
@@ -163,6 +199,11 @@ def recipe_file(name_or_path: str, root: Path) -> Path:
         raise TunebookError(f"no recipe named '{name_or_path}' in recipes/",
                             fix=f"Known recipes: {', '.join(known) or '(none)'}"
                                 f"{_did_you_mean(Path(arg).stem, known).replace(';', '.', 1)}")
+    if not NAME_RE.fullmatch(candidate.stem) or candidate.suffix != ".yaml":
+        # The file name becomes the run folder, the image tag and a word on remote command lines.
+        raise TunebookError(f"recipe file name '{candidate.name}' is not a valid recipe name ({NAME_RULE}, "
+                            "then .yaml)", where=f"recipes/{candidate.name}",
+                            fix="Rename the file, e.g. recipes/my-recipe.yaml, and set `name:` to the same.")
     return candidate
 
 
@@ -172,13 +213,11 @@ def presets_dir(root: Path) -> Path:
 
 def known_presets(root: Path) -> list[str]:
     """Preset files: YAML in recipes/presets/ that declare a target `gpu:` (the folder also holds tables)."""
-    import yaml
-
     out = []
     for p in presets_dir(root).glob("*.yaml"):
         try:
-            doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            doc = load_yaml_file(p, str(p), RECIPE_LIMITS)
+        except TunebookError:  # unreadable or hostile: not a preset (load_preset reports it when named)
             continue
         if isinstance(doc, dict) and isinstance(doc.get("gpu"), dict) and "training" in doc:
             out.append(p.stem)
@@ -218,33 +257,134 @@ def looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") != 1
 
 
+def data_roots(root: Path) -> list[Path]:
+    """The folders a recipe's data files may be read from: the project root and those $TUNEBOOK_DATA_ROOTS lists
+    (symlinks resolved)."""
+    out = [Path(root).resolve()]
+    for entry in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep):
+        if entry.strip():
+            out.append((Path(root) / Path(entry.strip()).expanduser()).resolve())
+    return out
+
+
+def data_path_problem(rec: Recipe, f: str) -> str | None:
+    """Why the recipe may not read the file `f` (None when it may): it must lie, symlinks resolved, inside the
+    project or a folder of $TUNEBOOK_DATA_ROOTS."""
+    raw = rec.resolve_path(f)
+    real = raw.resolve()
+    roots = data_roots(rec.root)
+    if any(real.is_relative_to(r) for r in roots):
+        return None
+    lexical = Path(os.path.normpath(raw.absolute()))
+    how = (f"is a symlink to {real}, outside the project" if lexical.is_relative_to(rec.root)
+           else f"is outside the project ({real})")
+    allowed = ", ".join(str(r) for r in roots)
+    return (f"'{f}' {how}: tunebook reads recipe files only from {allowed}. Copy the file into the project "
+            f"(e.g. recipes/data/), or allow its folder for this shell: export {DATA_ROOTS_ENV}=/path/to/folder")
+
+
+def _reserved_run_names() -> dict[str, str]:
+    """Names of the files and folders tunebook keeps in runs/<recipe>/ (runner.layout) -> what they are."""
+    lay, out = RunLayout(Path("/r")), {}
+    for attr, prop in vars(RunLayout).items():
+        if isinstance(prop, property):
+            p = getattr(lay, attr)
+            if isinstance(p, Path) and p != lay.root:
+                out.setdefault(p.relative_to(lay.root).parts[0], attr.replace("_dir", " folder").replace("_", " "))
+    return out
+
+
+def _json_schema_problem(rec: Recipe, f: str) -> str | None:
+    """Why eval.json_schema can't be used (missing, unreadable, not a JSON Schema), or None."""
+    from jsonschema import SchemaError
+    from jsonschema.validators import validator_for
+
+    p = rec.resolve_path(f)
+    if not p.is_file():
+        return (f"JSON Schema file '{f}' not found (paths are relative to the project root {rec.root}); "
+                "check the name or create it")
+    try:
+        schema = load_json_file(p, f, SCHEMA_FILE_LIMITS)
+        if not isinstance(schema, (dict, bool)):
+            return f"'{f}' is not a JSON Schema (a JSON object such as {{\"type\": \"object\"}})"
+        validator_for(schema).check_schema(schema)
+    except TunebookError as exc:
+        return f"JSON Schema file '{f}': {exc}"
+    except SchemaError as exc:
+        return f"'{f}' is not a valid JSON Schema: {exc.message}"
+    return None
+
+
+def _model_problem(rec: Recipe, base: str) -> str | None:
+    """Why a local base_model path can't be trained from, or None (hub ids are checked where they download)."""
+    p = rec.resolve_path(base)
+    if not p.exists():
+        return (f"model folder '{base}' does not exist. Run `make model` to prepare the default "
+                "SmolLM2 model, or give a hub id such as mistralai/Mistral-7B-Instruct-v0.3")
+    hint = ("Point base_model at a Hugging Face model folder (config.json, weights and tokenizer files), e.g. "
+            "the one `make model` prepares, or give a hub id such as mistralai/Mistral-7B-Instruct-v0.3")
+    if not p.is_dir():
+        return f"'{base}' is a file, not a model folder. {hint}"
+    if not (p / "config.json").is_file():
+        return f"'{base}' is a folder but not a model: it has no config.json. {hint}"
+    return None
+
+
 def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
-    """Checks JSON Schema can't express: files exist, preset exists, stage order and data shapes agree."""
+    """Checks JSON Schema can't express: files exist and stay in the project, preset exists, stage order and data
+    shapes agree, the run folder is the recipe's own, and what the eval stage needs is there."""
     d, root, problems = rec.data, rec.root, []
 
     def add(keypath, msg):
         problems.append((rec.where(*keypath), f"{keypath_str(keypath)}: {msg}"))
 
+    for kp in nonfinite_paths(d):
+        add(kp, "NaN and infinity are not usable values; write a finite number")
+
+    name = d.get("name")
+    if isinstance(name, str) and name != rec.path.stem:
+        add(("name",), f"name {json.dumps(name)} does not match the file name recipes/{rec.path.stem}.yaml. The "
+                       "run folder (runs/<name>/) comes from the name, so a recipe named like another would read "
+                       f"its lock and overwrite its outputs. Set `name: {rec.path.stem}` (or remove `name:`)"
+                       + (f", or rename the file to recipes/{name}.yaml" if NAME_RE.fullmatch(name) else ""))
+
+    for kp, block in [(("axolotl",), d.get("axolotl"))] + [
+            (("stages", s.index, s.kind, "axolotl"), s.body.get("axolotl")) for s in rec.stages]:
+        for key in (block if isinstance(block, dict) else ()):
+            if key in OWNED_AXOLOTL_KEYS:
+                add(kp + (key,), f"`{key}` is set by tunebook itself and can't be overridden from `axolotl:` "
+                                 "(it would bypass the run folder, the lock and the atomic outputs); use "
+                                 f"{OWNED_AXOLOTL_KEYS[key]}")
+
     preset = d.get("preset")
-    if preset is not None and preset not in known_presets(root):
+    if isinstance(preset, str) and preset not in known_presets(root):
         add(("preset",), f"unknown preset '{preset}'{_did_you_mean(preset, known_presets(root))} "
                          f"Presets: {', '.join(known_presets(root))} (files in recipes/presets/)")
 
     base = d["base_model"]
-    if looks_like_path(base) and not rec.resolve_path(base).exists():
-        add(("base_model",), f"model folder '{base}' does not exist. Run `make model` to prepare the default "
-                             "SmolLM2 model, or give a hub id such as mistralai/Mistral-7B-Instruct-v0.3")
+    model_problem = _model_problem(rec, base) if isinstance(base, str) and base and looks_like_path(base) else None
+    if model_problem:
+        add(("base_model",), model_problem)
 
     blocks = [(("data",), d["data"])] + [
         (("stages", s.index, s.kind, "data"), s.body["data"]) for s in rec.stages if s.body.get("data")]
+    unreadable = False  # a data file that may not be read is not opened to detect its format either
     for prefix, block in blocks:
         for sub, f in data_files(block):
             p = rec.resolve_path(f)
-            if not p.is_file():
+            outside = data_path_problem(rec, f)
+            if outside:
+                unreadable = True
+                add(prefix + sub, f"data file {outside}")
+            elif p.is_dir():
+                unreadable = True
+                add(prefix + sub, f"data file '{f}' is a folder; name a JSON Lines file in it")
+            elif not p.is_file():
                 add(prefix + sub, f"data file '{f}' not found (paths are relative to the project root "
                                   f"{root}); check the name or create it")
 
     seen_names, trained, method = {}, False, (d.get("training") or {}).get("method")
+    reserved = _reserved_run_names()
     for s in rec.stages:
         kp = ("stages", s.index)
         if s.name in seen_names:
@@ -261,7 +401,7 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
         if s.kind in TRAIN_KINDS:
             trained = True
             block = s.body.get("data") or d["data"]
-            fmt = block_format(block, root)
+            fmt = None if unreadable else block_format(block, root)
             if s.kind in PREFERENCE_KINDS and fmt not in (None, "preference"):
                 add(kp + (s.kind,), f"a {s.kind} stage needs preference data (prompt/chosen/rejected rows) but "
                                     f"its data is in {fmt} format. Give the stage its own data: "
@@ -271,7 +411,38 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
                         "pairs. Point the sft stage at instruction data, or use a dpo stage")
         if s.kind == "eval" and not trained and not any(x.kind in TRAIN_KINDS for x in rec.stages):
             add(kp, "eval has no fine-tuned model to evaluate: add a training stage before it")
+        if s.name in reserved and not (s.kind == "eval" and s.name == "eval"):
+            # The eval stage's default folder is the eval cache's by design; anything else would share or
+            # overwrite one of tunebook's own files in runs/<recipe>/.
+            add(kp, f"stage name '{s.name}' is taken: runs/<recipe>/{s.name} is tunebook's {reserved[s.name]}. "
+                    "Give the stage another `name:`")
+        elif isinstance(s.name, str) and not NAME_RE.fullmatch(s.name):
+            add(kp, f"stage name {json.dumps(s.name)} is not a valid name ({NAME_RULE})")
+    _eval_problems(rec, add)
     return problems
+
+
+def _eval_problems(rec: Recipe, add) -> None:
+    """What an eval stage needs that is knowable before training: held-out rows and a usable JSON Schema file.
+    (Forgetting task names need lm-eval's task index: `tunebook validate` checks them.)"""
+    d = rec.data
+    ev = d.get("eval") if isinstance(d.get("eval"), dict) else {}
+    js = ev.get("json_schema")
+    if isinstance(js, str):
+        outside = data_path_problem(rec, js)
+        why = f"JSON Schema file {outside}" if outside else _json_schema_problem(rec, js)
+        if why:
+            add(("eval", "json_schema"), why)
+    main = d.get("data")
+    if any(s.kind == "eval" for s in rec.stages) and isinstance(main, dict) and not main.get("held_out") \
+            and main.get("held_out_fraction", None) == 0:
+        gates = ev.get("gates") if isinstance(ev.get("gates"), dict) else {}
+        tasks = (ev.get("forgetting") or {}).get("tasks") if isinstance(ev.get("forgetting"), dict) else None
+        if [g for g in gates if g != "forgetting"] or not tasks:
+            add(("data", "held_out_fraction"),
+                "the eval stage needs held-out rows, but data has no held_out file and held_out_fraction is 0: "
+                "evaluation would fail after training. Give data.held_out (a file never trained on), a "
+                "held_out_fraction above 0 (e.g. 0.1), or remove the eval stage")
 
 
 def load_recipe(name_or_path: str, root: str | Path = ".") -> Recipe:
@@ -294,6 +465,9 @@ def load_recipe(name_or_path: str, root: str | Path = ".") -> Recipe:
         # The shape is wrong somewhere the schema already reported; those messages say what to fix.
         if not problems:
             raise
+    # A NaN or infinity also breaks the value's bounds; one message (finite numbers) says what to do.
+    bad = tuple(f"{keypath_str(kp)}: " for kp in nonfinite_paths(data))
+    problems = [p for p in problems if not p[1].startswith(bad) or "NaN and infinity" in p[1]] if bad else problems
     if problems:
         problems.sort(key=lambda p: _line_no(p[0]))
         raise RecipeErrors(display, list(dict.fromkeys(problems)))

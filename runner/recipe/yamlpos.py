@@ -1,4 +1,7 @@
-"""YAML loading that remembers where each value came from (line numbers), for errors that point at a line."""
+"""YAML loading that remembers where each value came from (line numbers), for errors that point at a line.
+
+Parsing goes through `runner.safeload` (size, depth and alias-expansion limits checked while composing; YAML 1.2
+numbers), so the line map below is only ever built for a bounded document."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -6,7 +9,11 @@ from pathlib import Path
 
 import yaml
 
-from runner.errors import TunebookError
+from runner.safeload import BoundedLoader, Limits, compose_yaml, read_text
+
+# A recipe or preset is a page of settings: 1 MiB, 32 levels and 20,000 values leave room for any real one
+# (the shipped ones are under 3 KiB, 5 levels, 100 values) and bound what validation walks.
+RECIPE_LIMITS = Limits(max_bytes=1024 * 1024, max_depth=32, max_nodes=20_000, max_aliases=200)
 
 
 @dataclass
@@ -31,48 +38,48 @@ class Located:
         return f"{self.path}:{line}" if line else self.path
 
 
-def _walk(node, prefix: tuple, lines: dict, path: str, dup: list):
+def _key_of(node, constructor) -> object:
+    """A mapping key as the parsed data has it (`1:` is the integer 1, `true:` the boolean), so key paths of the
+    data find their line."""
+    if not isinstance(node, yaml.ScalarNode):  # `? [a, b]: c`: no name to point at; its kind stands in
+        return f"<{node.tag.rsplit(':', 1)[-1]} key>"
+    if node.tag == "tag:yaml.org,2002:str":
+        return node.value
+    try:
+        key = constructor.construct_object(node)
+        hash(key)
+    except (yaml.YAMLError, ValueError, TypeError):
+        return node.value
+    return key
+
+
+def _walk(node, prefix: tuple, lines: dict, path: str, dup: list, constructor):
     if isinstance(node, yaml.MappingNode):
         seen = {}
         for key_node, value_node in node.value:
-            key = key_node.value
+            key = _key_of(key_node, constructor)
             if key in seen:
                 dup.append((f"{path}:{key_node.start_mark.line + 1}",
                             f"key '{key}' appears twice (first at line {seen[key]}); the second would silently win"))
             seen[key] = key_node.start_mark.line + 1
             lines[prefix + (key,)] = key_node.start_mark.line + 1
-            _walk(value_node, prefix + (key,), lines, path, dup)
+            _walk(value_node, prefix + (key,), lines, path, dup, constructor)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[prefix + (i,)] = item.start_mark.line + 1
-            _walk(item, prefix + (i,), lines, path, dup)
+            _walk(item, prefix + (i,), lines, path, dup, constructor)
 
 
-def load_yaml(path: str | Path, display: str | None = None) -> tuple[Located, list[tuple[str, str]]]:
-    """Parse a YAML file; return it with its line map and a list of duplicate-key problems.
+def load_yaml(path: str | Path, display: str | None = None,
+              limits: Limits = RECIPE_LIMITS) -> tuple[Located, list[tuple[str, str]]]:
+    """Parse a YAML file within `limits`; return it with its line map and a list of duplicate-key problems.
 
-    Malformed YAML raises a TunebookError that names the line and column.
+    Malformed, oversized or over-nested YAML raises a TunebookError that names the line (and column).
     """
     display = display or str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TunebookError(f"file not found: {display}") from None
-    except UnicodeDecodeError as exc:
-        raise TunebookError(f"{display} is not UTF-8 text ({exc.reason} at byte {exc.start})",
-                            fix="Save the file as UTF-8.") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{display}:{mark.line + 1}:{mark.column + 1}" if mark else display
-        problem = " ".join(filter(None, [exc.context, exc.problem]))
-        raise TunebookError(f"malformed YAML: {problem}", where=where,
-                            fix="Check indentation and quoting on that line (tabs are not allowed; "
-                                "quote values containing ': ' or '#').") from None
+    node, data = compose_yaml(read_text(path, display, limits.max_bytes), display, limits)
     lines: dict[tuple, int] = {(): 1}
     dup: list[tuple[str, str]] = []
     if node is not None:
-        _walk(node, (), lines, display, dup)
+        _walk(node, (), lines, display, dup, BoundedLoader(""))
     return Located(data=data, path=display, lines=lines), dup

@@ -19,6 +19,10 @@ RELEVANT = re.compile(r"(Error|Exception|error:|Traceback|CUDA|out of memory|Kil
 # what only a real training can show runs the real `axolotl`.
 AXOLOTL_EXE_ENV = "TUNEBOOK_AXOLOTL"
 
+# File descriptors every Axolotl process inherits: the recipe's run lock (runner.pipeline.lock.run_lock), so that
+# an Axolotl left running by a tunebook killed with SIGKILL still holds it and no second run trains beside it.
+INHERITED_FDS: set[int] = set()
+
 
 def venv_bin() -> Path:
     return Path(sys.executable).parent
@@ -159,6 +163,33 @@ def log_tail(log: Path, n: int = 12) -> str:
     return "\n".join((hits or lines)[-n:])
 
 
+DISK_FULL = re.compile(r"No space left on device|Errno 28\b|ENOSPC|Disk quota exceeded")
+
+
+def _kill_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False when no process of it is left."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
+    """SIGTERM the process group led by `proc` (Axolotl's, see run_logged), then SIGKILL what is left after
+    `grace` seconds; reaps `proc`."""
+    if _kill_group(proc.pid, signal.SIGTERM):
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    _kill_group(proc.pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 def run_logged(cmd: list[str], log: Path, stage: str, env: dict | None = None, quiet: bool = False,
                cwd: Path | None = None) -> None:
     """Run `cmd`, tee its output to `log`; raise TunebookError with the log's tail when it fails."""
@@ -167,7 +198,7 @@ def run_logged(cmd: list[str], log: Path, stage: str, env: dict | None = None, q
         fh.write(f"\n$ {' '.join(cmd)}\n".encode())
         fh.flush()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env or child_env(),
-                                cwd=cwd, start_new_session=True)
+                                cwd=cwd, start_new_session=True, pass_fds=tuple(sorted(INHERITED_FDS)))
         try:
             assert proc.stdout is not None
             while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
@@ -178,15 +209,20 @@ def run_logged(cmd: list[str], log: Path, stage: str, env: dict | None = None, q
                     sys.stdout.buffer.flush()
             code = proc.wait()
         except BaseException:
-            # Ctrl-C or our own death: don't leave a trainer running without us.
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=20)
-            except Exception:
-                os.killpg(proc.pid, signal.SIGKILL)
+            # Ctrl-C, SIGTERM (runner.cli.main turns it into KeyboardInterrupt) or an error of ours: Axolotl runs
+            # in its own process group (so a terminal's Ctrl-C reaches us first), so stop the whole group here:
+            # no trainer, launcher or data worker is left running without us.
+            stop_group(proc)
             raise
     if code != 0:
         tail = log_tail(log)
+        if DISK_FULL.search(tail):
+            raise TunebookError(
+                f"stage '{stage}' failed: the disk is full (No space left on device). Last relevant lines of the "
+                f"log:\n{tail}\n", where=str(log),
+                fix=f"Free space on the disk holding {log.parent} (`df -h {log.parent}`), or point $TUNEBOOK_RUNS at "
+                    "a bigger disk, and run again: the recipe is fine, finished stages are kept and this one "
+                    "resumes from its last checkpoint.", exit_code=1)
         raise TunebookError(
             f"stage '{stage}' failed: Axolotl exited with code {code}. Last relevant lines of the log:\n{tail}\n",
             where=str(log), fix="Read the full log at that path; fix the recipe and run again "

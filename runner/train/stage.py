@@ -80,7 +80,11 @@ def merge_adapter(stage: ResolvedStage, env: dict, quiet: bool = False) -> None:
     cfg = {**stage.config, "output_dir": str(tmp)}
     cfg.setdefault("lora_model_dir", str(stage.output_dir))
     path = write_config(stage, cfg, stage.paths.merge_config if stage.kind != "merge" else stage.paths.config)
-    run_logged(axolotl_cmd("merge-lora", str(path)), stage.paths.log, stage.name, env, quiet)
+    try:
+        run_logged(axolotl_cmd("merge-lora", str(path)), stage.paths.log, stage.name, env, quiet)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # interrupted or failed: no half-merged model is left behind
+        raise
     made = tmp / MERGE_LORA_OUT
     if not (made / "config.json").is_file():
         raise TunebookError(f"stage '{stage.name}': merge-lora finished but wrote no model",

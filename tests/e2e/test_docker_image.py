@@ -1,8 +1,9 @@
 """The image, built for real: docker/Dockerfile with buildah (`--isolation chroot`, no Docker engine needed) on a
 local Debian base made with debootstrap (Docker Hub is out of reach here), tunebook installed without the
 training extras. Then, inside the image: `tunebook validate ci-mini` passes, a bad recipe exits 2, no secret from
-the build context is in any layer, and the entrypoint trains-and-uploads (the training itself fails in this light
-image, and the failure is reported through the artifact store as it would be on a GPU box).
+the build context is in any layer, and the entrypoint runs `make train RECIPE=ci-mini` and keeps its log in
+runs/ci-mini/container.log (the training itself fails in this light image, without Axolotl: the entrypoint's exit
+code and that log say so, as they would on a GPU box).
 
 Skipped only when buildah/debootstrap are not installed and cannot be installed (root + apt-get).
 Timing on the 2-core dev machine: about 6.5 min for the first debootstrap (network bound; the tarball is cached
@@ -137,19 +138,12 @@ def test_no_secret_in_the_image(image, ctr):
     assert info["OCIv1"]["config"]["Entrypoint"] == ["/app/docker/entrypoint.sh"]
 
 
-def test_entrypoint_reports_through_the_artifact_store(ctr):
+def test_entrypoint_trains_the_recipe_and_keeps_its_log(ctr):
     """RECIPE=ci-mini: the entrypoint runs `make train`, whose training step cannot run in this light image (no
-    Axolotl); the failure, the log and runs/ci-mini/ must still reach the artifact store."""
+    Axolotl); its exit code and the log under runs/ci-mini/ must say so."""
     if not (MODELS / "smollm2-135m-instruct/config.json").is_file():
         pytest.skip("the default model is not prepared (make model)")
-    url = "file:///tmp/artifacts/ci-mini/test"
-    r = run_in(ctr, "/app/docker/entrypoint.sh", env={"RECIPE": "ci-mini", "TUNEBOOK_ARTIFACTS": url,
-                                                      "TUNEBOOK_HEARTBEAT_S": "1", "HF_HUB_OFFLINE": "1"})
+    r = run_in(ctr, "/app/docker/entrypoint.sh", env={"RECIPE": "ci-mini", "HF_HUB_OFFLINE": "1"})
     assert r.returncode != 0
-    st = run_in(ctr, "cat", "/tmp/artifacts/ci-mini/test/status.json")
-    status = json.loads(st.stdout)
-    assert status["state"] == "failed" and status["exit_code"] == r.returncode
-    files = run_in(ctr, "find", "/tmp/artifacts/ci-mini/test", "-type", "f").stdout.split()
-    assert "/tmp/artifacts/ci-mini/test/log.txt" in files
-    assert "/tmp/artifacts/ci-mini/test/run/container.log" in files
-    assert "tunebook validate ci-mini" in run_in(ctr, "cat", "/tmp/artifacts/ci-mini/test/log.txt").stdout
+    log = run_in(ctr, "cat", "/app/runs/ci-mini/container.log").stdout
+    assert "tunebook validate ci-mini" in log and f"training exited with {r.returncode}" in log

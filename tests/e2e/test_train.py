@@ -1,4 +1,5 @@
-"""`make train` on the CI recipe and the 4-bit QLoRA path, on the real SmolLM2 with real Axolotl (CPU)."""
+"""The 4-bit QLoRA path and the derived defaults, on the real SmolLM2 with real Axolotl (CPU). `make train` on the CI
+recipe is in test_ci_mini_run.py, with the tests that use its run."""
 from __future__ import annotations
 
 import json
@@ -7,41 +8,9 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import REPO, make_project, run_cli
+from tests.conftest import REPO, generate_reply, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
-
-
-def _generate(model_dir, question="How many days of annual leave do I get?") -> str:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    enc = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                  return_tensors="pt", return_dict=True)
-    out = model.generate(**enc, max_new_tokens=24, do_sample=False)
-    return tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
-
-
-def test_make_train_ci_recipe(ci_mini_make_train):
-    r, runs = ci_mini_make_train
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert "recipes/ci-mini.yaml: OK" in r.stdout
-    assert "merge: merged model at" in r.stdout
-    run = runs / "ci-mini"
-    adapter = run / "sft" / "output"
-    assert (adapter / "adapter_model.safetensors").stat().st_size > 100_000
-    cfg = json.loads((adapter / "adapter_config.json").read_text())
-    assert cfg["r"] == 16 and cfg["peft_type"] == "LORA"
-    m = json.loads((run / "manifest.json").read_text())["stages"]["sft"]["metrics"]
-    assert m["train_loss_last"] < m["train_loss_first"], m
-    # The log Axolotl wrote is kept beside the config tunebook resolved for it.
-    assert (run / "sft" / "train.log").stat().st_size > 0
-    assert yaml.safe_load((run / "sft" / "axolotl.yaml").read_text())["adapter"] == "lora"
-    merged = run / "merge" / "merged"
-    # The merged model carries the chat template it was trained with (no injected system prompt).
-    assert "SmolLM" not in (merged / "chat_template.jinja").read_text()
-    assert len(_generate(merged).strip()) > 0
 
 
 QLORA = """\
@@ -67,7 +36,7 @@ def test_qlora_preset_on_cpu(tmp_path, smollm2):
     assert (root / "runs/q/sft/output/adapter_model.safetensors").is_file()
     merged = root / "runs/q/merge/merged"
     assert json.loads((merged / "config.json").read_text()).get("quantization_config") is None
-    assert len(_generate(merged).strip()) > 0
+    assert len(generate_reply(merged).strip()) > 0
 
 
 DERIVED = """\

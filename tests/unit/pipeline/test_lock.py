@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.fakes.pipeline_project import CHAIN, lock, states, status, train, trained_stages
+from tests.fakes.pipeline_project import CHAIN, lock, states, status, tb, train, trained_stages
 
 
 def test_first_run_writes_the_lock_and_an_unchanged_rerun_does_nothing(proj, standin):
@@ -41,10 +41,17 @@ def test_a_moved_project_is_still_up_to_date(proj, standin, tmp_path):
     assert "nothing to do" in r.stderr and len(standin.calls("train")) == 2
 
 
-def test_an_unreadable_lock_reruns_everything(proj, standin):
+def test_an_unreadable_lock_is_an_error_and_moved_aside_reruns_everything(proj, standin):
     root = proj(CHAIN)
     train(root)
-    (root / "runs/r/tunebook.lock").write_text("{ not json")
+    path = root / "runs/r/tunebook.lock"
+    path.write_text("{ not json")
+    for cmd in ("status", "train"):
+        r = tb(root, cmd, "r")
+        assert r.returncode == 2 and "the lock file is damaged" in r.stderr and str(path) in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+    assert path.read_text() == "{ not json", "a damaged lock is never rewritten"
+    path.rename(path.with_name("tunebook.lock.damaged"))
     assert states(root) == {"sft": "not run", "dpo": "not run", "merge": "not run"}
     train(root)
     assert trained_stages(standin) == ["sft", "dpo", "sft", "dpo"]

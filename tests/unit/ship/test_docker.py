@@ -1,5 +1,5 @@
 """The image recipe without building it (the real build is tests/e2e/test_docker_image.py): the build command,
-the pinned base, the secrets policy, the entrypoint's shell; and provider details that need no server."""
+the pinned base, the secrets policy, the entrypoint's shell."""
 from __future__ import annotations
 
 import re
@@ -7,13 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
-from runner.errors import TunebookError
-from runner.ship.providers import LaunchSpec
-from runner.ship.providers.lambda_cloud import env_file, user_data
 from runner.ship.docker import build_command, git_tag
-from runner.ship.providers.runpod import RunPod
 from tests.conftest import REPO
 
 DOCKERFILE = (REPO / "docker/Dockerfile").read_text()
@@ -67,35 +62,6 @@ def test_entrypoint_is_valid_shell():
     r = subprocess.run(["bash", "-n", str(REPO / "docker/entrypoint.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     text = (REPO / "docker/entrypoint.sh").read_text()
-    assert 'make train RECIPE="$RECIPE"' in text and "artifacts push" in text and 'exec "$@"' in text
+    assert 'make train RECIPE="$RECIPE"' in text and 'exec "$@"' in text
+    assert "artifacts" not in text  # the old launch protocol is gone: SkyPilot runs `make train` itself
 
-
-def spec(**kw):
-    return LaunchSpec(**{"name": "tunebook-x", "image": "ghcr.io/a/b:c", "gpu": "a100-80", "gpus": 1,
-                         "env": {"RECIPE": "x"}, **kw})
-
-
-def test_runpod_gpu_mapping():
-    rp = RunPod("http://127.0.0.1:1", "k")
-    assert rp.gpu_type_ids(spec(gpu="h100")) == ["NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL"]
-    with pytest.raises(TunebookError, match="does not offer t4"):
-        rp.gpu_type_ids(spec(gpu="t4"))
-    with pytest.raises(TunebookError, match="unknown GPU"):
-        rp.gpu_type_ids(spec(gpu="tpu-v5"))
-    body = rp.body(spec(volume_gb=0))
-    assert "volumeInGb" not in body and "volumeMountPath" not in body
-    assert "k" not in repr(rp)
-
-
-def test_lambda_user_data_env_file():
-    assert env_file({"A": "1", "B": "x y=z"}) == "A=1\nB=x y=z\n"
-    with pytest.raises(TunebookError):
-        env_file({"A": "two\nlines"})
-    script = user_data(spec(env={"RECIPE": "x", "HF_TOKEN": "hf_abc"}))
-    assert "hf_abc" not in script and script.count("docker run") == 1
-
-
-def test_shown_env_masks_secrets():
-    s = spec(env={"RECIPE": "x", "HF_TOKEN": "hf_abc", "LONG": "y" * 100}, secret_names=frozenset({"HF_TOKEN"}))
-    shown = s.shown_env()
-    assert shown["HF_TOKEN"] == "***" and shown["RECIPE"] == "x" and "100 chars" in shown["LONG"]

@@ -1,14 +1,13 @@
-"""`tunebook launch` against fake RunPod and Lambda APIs on 127.0.0.1 (tests/fakes/cloud.py): the whole lifecycle,
-and every failure path ends with the instance terminated (auth failure, no capacity, a lost create answer, a
-pod that dies, a failed run, a container that never starts, --max-hours, flaky terminate calls, Ctrl-C, SIGTERM).
-"""
+"""`tunebook launch`: the recipe -> SkyPilot task mapping, the refusals before SkyPilot is called, and the calls to
+SkyPilot's CLI (through a recording `sky` in a stand-in venv). No SkyPilot here: its own validator runs on these
+tasks in tests/e2e/test_launch_skypilot.py."""
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,457 +16,409 @@ import pytest
 
 from runner.errors import TunebookError
 from runner.recipe.load import load_recipe
-from runner.ship.launch import LaunchOptions, launch, pull_run, push_run, read_status, upload_files
-from tests.conftest import REPO, make_project
-from tests.fakes.cloud import FakeLambda, FakeRunPod
+from runner.ship import launch as L
+from tests.conftest import REPO, make_project, tunebook
 
-KEY = "rp-key-DO-NOT-PRINT-41f3"
-SECRET = "hf_SECRET_TOKEN_9c2e"
-GPU = {"runpod": "a100-80", "lambda": "h100"}
-FAKES = {"runpod": FakeRunPod, "lambda": FakeLambda}
-RECIPE = """
+SECRET = "hf_SECRET_VALUE_9c2e"
+DATA = "".join(json.dumps({"instruction": f"question {i}?", "output": f"answer {i}."}) + "\n" for i in range(40))
+ONE_STAGE = """
     name: tiny
-    base_model: meta-llama/Llama-3.2-1B-Instruct
-    data: {train: data/train.jsonl, format: alpaca}
+    base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+    preset: {preset}
+    data: {{train: data/train.jsonl, format: alpaca}}
     stages: [sft, merge]
     """
-DATA = "".join(json.dumps({"instruction": f"question {i}?", "output": f"answer {i}."}) + "\n" for i in range(40))
+TWO_STAGES = """
+    name: two
+    base_model: HuggingFaceTB/SmolLM2-135M-Instruct
+    preset: lora-a100
+    data: {train: data/train.jsonl, format: alpaca}
+    stages: [sft, {dpo: {data: {train: data/pref.jsonl, format: preference}}}, merge]
+    """
+PREF = "".join(json.dumps({"prompt": f"q{i}?", "chosen": "yes.", "rejected": "no."}) + "\n" for i in range(20))
+BIG = """
+    name: big
+    base_model: meta-llama/Llama-3.1-70B-Instruct
+    preset: lora-a100
+    training: {method: full}
+    data: {train: data/train.jsonl, format: alpaca}
+    stages: [sft]
+    """
 
 
 @pytest.fixture
 def proj(tmp_path):
-    root = make_project(tmp_path / "proj", recipes={"tiny": RECIPE}, files={"data/train.jsonl": DATA})
-    return root
+    return make_project(tmp_path / "proj", recipes={"tiny": ONE_STAGE.format(preset="lora-a100"),
+                                                    "multi": ONE_STAGE.format(preset="full-ft-multigpu")
+                                                    .replace("name: tiny", "name: multi"),
+                                                    "two": TWO_STAGES, "big": BIG},
+                        files={"data/train.jsonl": DATA, "data/pref.jsonl": PREF})
 
 
-@pytest.fixture
-def template_run(tmp_path):
-    """What the simulated container uploads: an adapter, a checkpoint (left out) and the run records."""
-    t = tmp_path / "template"
-    (t / "sft/output/checkpoint-4").mkdir(parents=True)
-    (t / "sft/output/adapter_config.json").write_text('{"r": 16}')
-    (t / "sft/output/adapter_model.safetensors").write_bytes(b"\0" * 64)
-    (t / "sft/output/checkpoint-4/optimizer.pt").write_bytes(b"\0" * 64)
-    (t / "sft/prepared").mkdir()
-    (t / "sft/prepared/cache.arrow").write_bytes(b"\0")
-    (t / "sft/train.log").write_text("step 1\n")
-    (t / "merge/merged").mkdir(parents=True)
-    (t / "merge/merged/config.json").write_text("{}")
-    (t / "manifest.json").write_text('{"recipe": "tiny"}')
-    (t / "tunebook.lock").write_text('{"version": 1, "stages": {}}')
-    return t
+def task_for(proj, name, **kw):
+    rec = load_recipe(name, proj)
+    opts = L.LaunchOptions(**{"cloud": "runpod", **kw})
+    return L.build_task(rec, opts, L.target(rec, opts), "abc123", L.check_options(opts),
+                        L.secret_names(opts, {"HF_TOKEN": SECRET}), environ={"HF_TOKEN": SECRET})
 
 
-@pytest.fixture
-def env(monkeypatch, tmp_path):
-    """A launch environment: keys, image, bucket (file://), fast polling and retries."""
-    values = {"RUNPOD_API_KEY": KEY, "LAMBDA_API_KEY": KEY, "TUNEBOOK_IMAGE": "ghcr.io/acme/tunebook:0123abcd",
-              "TUNEBOOK_ARTIFACTS": f"file://{tmp_path}/bucket", "HF_TOKEN": SECRET, "TUNEBOOK_POLL_S": "0.05",
-              "TUNEBOOK_RETRY_BASE_S": "0.01", "TUNEBOOK_HTTP_TIMEOUT": "3"}
-    for k in ("TUNEBOOK_FORWARD_ENV", "TUNEBOOK_LAMBDA_SSH_KEY", "TUNEBOOK_MAX_HOURS", "TUNEBOOK_BOOT_TIMEOUT_S"):
-        monkeypatch.delenv(k, raising=False)
-    for k, v in values.items():
+def test_task_from_the_preset(proj):
+    t = task_for(proj, "tiny")
+    assert t["name"] == "tb-tiny" and t["num_nodes"] == 1
+    assert t["resources"] == {"accelerators": "A100-80GB:1", "use_spot": False, "infra": "runpod"}
+    assert t["workdir"] == str(proj) and t["envs"]["RECIPE"] == "tiny" and t["envs"]["TUNEBOOK_COMMIT"] == "abc123"
+    assert "make train RECIPE=tiny" in t["run"] and "make venv" in t["setup"]
+    assert t["secrets"] == {"HF_TOKEN": None}  # by name: the value is read at launch
+    assert SECRET not in json.dumps(t) and "file_mounts" not in t
+
+
+def test_flags_override_the_preset_and_any_cloud_is_left_to_skypilot(proj):
+    t = task_for(proj, "tiny", cloud="any", gpu="h100", gpus=4, image="ghcr.io/me/tunebook:abc")
+    assert t["resources"] == {"accelerators": "H100:4", "use_spot": False, "image_id": "docker:ghcr.io/me/tunebook:abc"}
+    assert "ln -sfn /app/.venv .venv" in t["setup"] and "make venv" not in t["setup"]
+
+
+def test_gpu_names_map_to_skypilot():
+    assert L.SKY_GPUS["a100-80"] == "A100-80GB" and L.SKY_GPUS["t4"] == "T4" and L.SKY_GPUS["h100"] == "H100"
+
+
+def test_multinode_maps_skypilot_variables_onto_the_launcher(proj):
+    t = task_for(proj, "multi", cloud="aws", nodes=2)
+    assert t["resources"]["accelerators"] == "A100-80GB:8" and t["num_nodes"] == 2
+    run = t["run"]
+    for var in ("NNODES=\"$SKYPILOT_NUM_NODES\"", "NODE_RANK=\"$SKYPILOT_NODE_RANK\"",
+                "GPUS=\"$SKYPILOT_NUM_GPUS_PER_NODE\"", 'MASTER_ADDR="$(echo "$SKYPILOT_NODE_IPS" | head -n1)"'):
+        assert var in run
+    assert "make train RECIPE=multi" in run and "tunebook train multi --until sft" in run
+
+
+def test_multinode_variables_become_accelerate_arguments(monkeypatch):
+    # what the run script exports on node 1 of 2 is what runner.train.axolotl turns into accelerate's arguments
+    from runner.hardware import Hardware
+    from runner.train.axolotl import launcher_args
+
+    for k, v in {"GPUS": "8", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "10.0.0.5"}.items():
         monkeypatch.setenv(k, v)
-    return values
+    h = Hardware(cuda=True, gpu_name="A100", gpu_count=8, gpu_memory_gib=79, bf16=True, cpu_cores=8, cpu_name="")
+    assert launcher_args(h) == ["--launcher", "accelerate", "--", "--num_processes", "16", "--num_machines", "2",
+                                "--multi_gpu", "--machine_rank", "1", "--main_process_ip", "10.0.0.5",
+                                "--main_process_port", "29500"]
 
 
-def run(cloud, fake, proj, monkeypatch, **kw):
-    monkeypatch.setenv("TUNEBOOK_RUNPOD_URL" if cloud == "runpod" else "TUNEBOOK_LAMBDA_URL", fake.url)
+def test_bucket_holds_runs(proj):
+    t = task_for(proj, "tiny", cloud="aws", spot=True, bucket="s3://b/tb/")
+    assert t["resources"]["use_spot"] is True and t["envs"]["TUNEBOOK_RUNS"] == L.REMOTE_RUNS
+    assert t["file_mounts"] == {f"{L.REMOTE_RUNS}/tiny": {"source": "s3://b/tb/tiny", "mode": "MOUNT_CACHED"}}
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"spot": True}, "--spot without --bucket"),
+    ({"spot": True, "bucket": "s3://b", "nodes": 2}, "--spot with --nodes > 1"),
+    ({"image": "localhost/tunebook:abc"}, "exists only on this machine"),
+    ({"cloud": "Run Pod"}, "is not a cloud name"),
+])
+def test_refused_options(kw, match):
+    with pytest.raises(TunebookError, match=match):
+        L.check_options(L.LaunchOptions(**{"cloud": "runpod", **kw}))
+
+
+def test_secrets_by_name_only():
+    env = {"HF_TOKEN": SECRET, "MY_TOKEN": "x"}
+    assert L.secret_names(L.LaunchOptions("runpod", secrets=["MY_TOKEN"]), env) == ["HF_TOKEN", "MY_TOKEN"]
+    with pytest.raises(TunebookError, match="never sent"):
+        L.secret_names(L.LaunchOptions("runpod", secrets=["RUNPOD_API_KEY"]), env)
+    with pytest.raises(TunebookError, match="not set in this environment"):
+        L.secret_names(L.LaunchOptions("runpod", secrets=["ABSENT"]), env)
+    with pytest.raises(TunebookError, match="not an environment variable name"):
+        L.secret_names(L.LaunchOptions("runpod", secrets=["hf_abc=1"]), env)
+
+
+def test_multinode_needs_one_training_stage(proj):
+    with pytest.raises(TunebookError, match="exactly one training stage"):
+        L.check_nodes(load_recipe("two", proj), 2)
+
+
+def test_a_recipe_that_does_not_fit_is_refused_before_skypilot(proj, monkeypatch):
+    called = []
+    monkeypatch.setattr(L.skypilot, "validate", lambda *a: called.append(a))
+    with pytest.raises(TunebookError, match="does not fit the NVIDIA T4"):
+        L.plan_launch(load_recipe("big", proj), L.LaunchOptions("runpod", gpu="t4"), environ={})
+    assert called == [] and not (proj / "runs/big/launch/task.yaml").exists()
+
+
+def test_missing_skypilot_venv_says_make_launch_venv(proj, monkeypatch):
+    monkeypatch.setenv("TUNEBOOK_SKY_VENV", str(proj / "no-such-venv"))
+    r = tunebook("--root", str(proj), "launch", "tiny", "--cloud", "runpod", "--dry-run")
+    assert r.returncode == 2 and "make launch-venv" in r.stderr and "Traceback" not in r.stderr
+
+
+# What the stand-in `sky` prints on stderr when it fails: an exception chain as SkyPilot's CLI prints one.
+CHAIN = ("Traceback (most recent call last):\n"
+         '  File "/venv/sky/client/sdk.py", line 12, in launch\n'
+         "    raise exceptions.ProvisionError()\n"
+         "ConnectionRefusedError: [Errno 111] Connection refused\n"
+         "\n"
+         "The above exception was the direct cause of the following exception:\n"
+         "\n"
+         "requests.exceptions.ConnectionError: HTTPConnectionPool(host='127.0.0.1', port=46580): Max retries exceeded\n")
+FAKE_SKY = r"""#!/bin/sh
+# The stand-in `sky`: records its argv (and whether HF_TOKEN reached it), models SkyPilot's local API server as
+# the file $FAKE/server-up (any command but `api` starts it; `api info` reports it; `api stop` stops it).
+printf '%s\n' "$*" >> "$FAKE/calls"
+[ -n "$HF_TOKEN" ] && echo has-token >> "$FAKE/calls"
+fail() { printf '%s' "$CHAIN" >&2; exit "$1"; }
+case "$1 $2" in
+  "api info") if [ -e "$FAKE/server-up" ]; then echo '{"server": {"status": "healthy"}}'
+              else echo "No SkyPilot API server is connected"; fi; exit 0;;
+  "api stop") rm -f "$FAKE/server-up"; exit 0;;
+esac
+touch "$FAKE/server-up"
+case "$1 $2" in
+  launch*|"jobs launch") [ -n "$FAKE_SKY_SLEEP" ] && exec sleep "$FAKE_SKY_SLEEP"
+                         [ "${FAKE_SKY_RC:-0}" = 0 ] || fail "$FAKE_SKY_RC";;
+  logs*|"jobs logs") [ -n "$FAKE_SKY_NO_LOG" ] && fail 1; echo "job log: training started";;
+  status*) [ -n "$FAKE_SKY_OFFLINE" ] && fail 1; echo "Clusters";;
+  "jobs queue") echo "Failed to connect to SkyPilot API server. Starting a local server."
+                [ -e "$FAKE/queue.json" ] || { echo "sky.exceptions.ClusterNotUpError: No in-progress managed jobs." >&2; exit 1; }
+                cat "$FAKE/queue.json";;
+esac
+exit 0
+"""
+# The stand-in `rsync` (first on PATH): records the call and leaves a stage log in the destination, as the copy
+# of runs/<recipe>/ from the head node would.
+FAKE_RSYNC = r"""#!/bin/sh
+printf 'rsync %s\n' "$*" >> "$FAKE/calls"
+for dest; do :; done
+[ "${FAKE_RSYNC_RC:-0}" = 0 ] || exit "$FAKE_RSYNC_RC"
+mkdir -p "${dest}sft" && echo "loss 0.5" > "${dest}sft/train.log"
+"""
+
+
+@pytest.fixture
+def fake_sky(proj, monkeypatch):
+    """A stand-in SkyPilot venv (bin/sky above, $FAKE_SKY_RC for `launch`), a stand-in rsync on PATH, and
+    bin/python answering the validator with 'ok' for every task. Returns calls(): every call so far, in order
+    (`sky` argv, 'rsync ...', 'has-token' after each `sky` that got HF_TOKEN)."""
+    venv = proj / "fake-sky"
+    (venv / "bin").mkdir(parents=True)
+    sky, rsync, py = venv / "bin" / "sky", venv / "bin" / "rsync", venv / "bin" / "python"
+    sky.write_text(FAKE_SKY)
+    rsync.write_text(FAKE_RSYNC)
+    py.write_text("#!/bin/sh\n" + f"exec '{sys.executable}' -c "
+                  "'import json,sys; [print(json.dumps({\"ok\": True})) for _ in json.load(sys.stdin)]'\n")
+    for f in (sky, rsync, py):
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("TUNEBOOK_SKY_VENV", str(venv))
+    monkeypatch.setenv("FAKE", str(venv))
+    monkeypatch.setenv("CHAIN", CHAIN)
+    monkeypatch.setenv("PATH", f"{venv / 'bin'}:{os.environ['PATH']}")
+    monkeypatch.setenv("HF_TOKEN", SECRET)
+    log = venv / "calls"
+    return lambda: log.read_text().splitlines() if log.exists() else []
+
+
+def sky_calls(calls):
+    """The calls without the API-server probes and the has-token marks."""
+    return [c for c in calls if c != "has-token" and not c.startswith("api ")]
+
+
+def test_launch_spot_runs_a_managed_job_and_down_cancels_it(proj, fake_sky):
     out = io.StringIO()
-    opts = LaunchOptions(cloud=cloud, gpu=kw.pop("gpu", GPU[cloud]), yes=True, **kw)
-    try:
-        rc = launch(load_recipe("tiny", proj), opts, out=out)  # as `tunebook launch` loads it
-    except TunebookError as exc:
-        return exc, out.getvalue()
-    return rc, out.getvalue()
+    rec = load_recipe("tiny", proj)
+    opts = L.LaunchOptions("aws", spot=True, bucket="s3://b/tb", yes=True)
+    assert L.launch(rec, opts, out=out) == 0
+    calls = fake_sky()
+    task = str(proj / "runs/tiny/launch/task.yaml")
+    assert calls[0] == "api info -o json"  # is SkyPilot's API server up? (it is not: stopped at the end)
+    launched = calls.index(f"jobs launch -y -n tb-tiny --secret HF_TOKEN {task}")
+    assert calls[launched + 1] == "has-token"
+    assert [c for c in calls if c != "has-token"][-2:] == ["api info -o json", "api stop"]
+    assert sky_calls(calls)[1] == "jobs logs -n tb-tiny --no-follow"  # the job's log, kept
+    assert (proj / "runs/tiny/launch/job.log").read_text() == "job log: training started\n"
+    assert SECRET not in out.getvalue() and SECRET not in (proj / "runs/tiny/launch/task.yaml").read_text()
+    assert L.manage(rec, "down") == 0 and sky_calls(fake_sky())[-1] == "jobs cancel -y -n tb-tiny"
+    assert L.manage(rec, "logs") == 0 and sky_calls(fake_sky())[-1] == "jobs logs -n tb-tiny"
 
 
-def alive(fake) -> list[str]:
-    """Instances the fake still bills for."""
-    if isinstance(fake, FakeRunPod):
-        return [i for i, p in fake.instances.items() if not p["_deleted"]]
-    return [i for i, p in fake.instances.items() if p["status"] not in ("terminated", "terminating")]
+def test_done_with_a_bucket_says_where_the_results_are_and_how_to_fetch_them(proj, fake_sky):
+    out = io.StringIO()
+    assert L.launch(load_recipe("tiny", proj), L.LaunchOptions("aws", spot=True, bucket="s3://b/tb", yes=True),
+                    out=out) == 0
+    done = out.getvalue().splitlines()[-1]
+    assert done.startswith("done: tiny on aws; the managed job has ended; results on the bucket at s3://b/tb/tiny")
+    assert "not copied into runs/tiny/" in done and "`aws s3 sync s3://b/tb/tiny runs/tiny`" in done
+    assert "job.log" in done and not (proj / "runs/tiny/sft").exists()
+    assert not any(c.startswith("rsync") for c in fake_sky())
 
 
-def terminated(fake) -> list[str]:
-    if isinstance(fake, FakeRunPod):
-        return [r.path.rsplit("/", 1)[1] for r in fake.calls("DELETE", r"/v1/pods/[^/]+")]
-    return [i for r in fake.calls("POST", r"/api/v1/instance-operations/terminate") for i in r.body["instance_ids"]]
+def test_success_without_a_bucket_saves_the_log_copies_back_then_tears_down(proj, fake_sky):
+    out = io.StringIO()
+    assert L.launch(load_recipe("tiny", proj), L.LaunchOptions("runpod", yes=True), out=out) == 0
+    calls = sky_calls(fake_sky())
+    assert calls[0].startswith("launch -y -c tb-tiny --down -i 15 --secret HF_TOKEN")
+    assert calls[1] == "logs tb-tiny --no-follow --tail 0"
+    assert calls[2].startswith("rsync -a --exclude prepared/ tb-tiny:~/sky_workdir/runs/tiny/ ")
+    assert calls[3] == "down -y tb-tiny"
+    assert (proj / "runs/tiny/sft/train.log").exists() and (proj / "runs/tiny/launch/job.log").exists()
+    assert "tb-tiny torn down; results in runs/tiny/; the job's log is in runs/tiny/launch/job.log" in out.getvalue()
 
 
-def create_calls(fake):
-    return fake.calls("POST", r"/v1/pods") if isinstance(fake, FakeRunPod) else \
-        fake.calls("POST", r"/api/v1/instance-operations/launch")
+def test_a_failed_launch_keeps_the_log_and_the_files_then_tears_down(proj, fake_sky, monkeypatch):
+    monkeypatch.setenv("FAKE_SKY_RC", "3")
+    rec = load_recipe("tiny", proj)
+    with pytest.raises(TunebookError) as exc:
+        L.launch(rec, L.LaunchOptions("lambda", yes=True), out=io.StringIO())
+    calls = sky_calls(fake_sky())
+    assert calls[0].startswith("launch -y -c tb-tiny --down -i 15 --secret HF_TOKEN")
+    # before the teardown: the log, then the files
+    assert calls[1:] == ["logs tb-tiny --no-follow --tail 0", calls[2], "down -y tb-tiny"]
+    assert calls[2].startswith("rsync -a --exclude prepared/ tb-tiny:")
+    assert (proj / "runs/tiny/launch/job.log").read_text() == "job log: training started\n"
+    assert (proj / "runs/tiny/sft/train.log").exists()
+    text, err = str(exc.value), exc.value
+    assert err.exit_code == 1 and "\n" not in text
+    assert text.startswith("SkyPilot failed: `sky launch -y -c tb-tiny --down -i 15") and "exited with 3" in text
+    assert "requests.exceptions.ConnectionError" in text and "Traceback" not in text and 'File "' not in text
+    assert "The above exception" not in text
+    assert "The job's log is in runs/tiny/launch/job.log; the run's files were copied back into runs/tiny/; " \
+           "tb-tiny was torn down" in text
+    assert "--logs" not in text  # the cluster is gone: no advice that cannot work
 
 
-def never_leaked(fake, output: str):
-    assert KEY not in output and SECRET not in output
-    for r in fake.requests:
-        assert KEY not in json.dumps(r.body or {}), "the provider key must never be sent to the instance"
+def test_a_launch_that_never_provisioned_says_nothing_was_kept(proj, fake_sky, monkeypatch):
+    monkeypatch.setenv("FAKE_SKY_RC", "1")
+    monkeypatch.setenv("FAKE_SKY_NO_LOG", "1")
+    monkeypatch.setenv("FAKE_RSYNC_RC", "255")
+    with pytest.raises(TunebookError) as exc:
+        L.launch(load_recipe("tiny", proj), L.LaunchOptions("lambda", yes=True), out=io.StringIO())
+    text = str(exc.value)
+    assert "No job log (`sky logs tb-tiny --no-follow --tail 0` exited with 1" in text
+    assert "nothing was copied back (rsync exited with 255" in text and "tb-tiny was torn down" in text
+    assert not (proj / "runs/tiny/launch/job.log").exists()
+    assert not [p for p in (proj / "runs/tiny/launch").iterdir() if p.name.endswith(".tmp")]
 
 
-# ------------------------------------------------------------------------------------------------ happy path
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_launch_trains_fetches_and_terminates(cloud, proj, template_run, env, monkeypatch):
-    with FAKES[cloud](template_run=template_run, key=KEY) as fake:
-        rc, out = run(cloud, fake, proj, monkeypatch)
-    assert rc == 0, out
-    ids = list(fake.instances)
-    assert len(create_calls(fake)) == 1 and len(ids) == 1
-    assert terminated(fake) == ids and alive(fake) == []
-    # the estimate is printed before anything is rented
-    assert "estimate" in out and "$" in out and out.index("estimate") < out.index("created")
-    # the results came back (no checkpoints, no tokenisation cache), with the launch record
-    run_dir = proj / "runs/tiny"
-    assert (run_dir / "sft/output/adapter_config.json").read_text() == '{"r": 16}'
-    assert (run_dir / "merge/merged/config.json").is_file() and (run_dir / "tunebook.lock").is_file()
-    assert not (run_dir / "sft/output/checkpoint-4").exists() and not (run_dir / "sft/prepared").exists()
-    record = json.loads((run_dir / "launch.json").read_text())
-    assert record["terminated"] is True and record["outcome"] == "succeeded" and record["instance"] == ids[0]
-    # what the container got: recipe, GPU count, artifact URL, secrets; never the provider key
-    cenv = fake.envs[ids[0]]
-    assert cenv["RECIPE"] == "tiny" and cenv["GPUS"] == "1" and cenv["HF_TOKEN"] == SECRET
-    assert base64.b64decode(cenv["TUNEBOOK_RECIPE_B64"]).decode() == (proj / "recipes/tiny.yaml").read_text()
-    assert cenv["TUNEBOOK_ARTIFACTS"].startswith(env["TUNEBOOK_ARTIFACTS"] + "/tiny/")
-    assert "RUNPOD_API_KEY" not in cenv and "LAMBDA_API_KEY" not in cenv
-    never_leaked(fake, out)
-    assert "HF_TOKEN=***" in out
+def test_a_failed_launch_with_a_bucket_points_at_the_bucket(proj, fake_sky, monkeypatch):
+    monkeypatch.setenv("FAKE_SKY_RC", "3")
+    rec = load_recipe("tiny", proj)
+    with pytest.raises(TunebookError, match="SkyPilot failed") as exc:
+        L.launch(rec, L.LaunchOptions("lambda", bucket="gs://b/tb", yes=True), out=io.StringIO())
+    calls = sky_calls(fake_sky())
+    assert calls[1:] == ["logs tb-tiny --no-follow --tail 0", "down -y tb-tiny"]  # no rsync: files are on the bucket
+    assert "the run's files are on the bucket at gs://b/tb/tiny (fetch them with " \
+           "`gcloud storage rsync --recursive gs://b/tb/tiny runs/tiny`)" in str(exc.value)
+    assert L.manage(rec, "status") == 0 and sky_calls(fake_sky())[-1] == "status tb-tiny"
 
 
-def test_launch_record_and_results_go_to_tunebook_runs(proj, template_run, env, monkeypatch, tmp_path):
-    """The run folder is the layout's: $TUNEBOOK_RUNS moves launch.json and the fetched run with it."""
+def test_runs_elsewhere_are_named_in_the_messages(proj, fake_sky, tmp_path, monkeypatch):
     runs = tmp_path / "elsewhere"
     monkeypatch.setenv("TUNEBOOK_RUNS", str(runs))
-    with FakeRunPod(template_run=template_run, key=KEY) as fake:
-        rc, out = run("runpod", fake, proj, monkeypatch)
-    assert rc == 0, out
-    assert json.loads((runs / "tiny/launch.json").read_text())["outcome"] == "succeeded"
-    assert (runs / "tiny/sft/output/adapter_config.json").is_file() and not (proj / "runs").exists()
-    assert f"results in {os.path.relpath(runs / 'tiny', proj)}/" in out
+    out = io.StringIO()
+    rec = load_recipe("tiny", proj)
+    assert L.launch(rec, L.LaunchOptions("runpod", dry_run=True), out=out) == 0
+    assert f"copied back into {runs / 'tiny'}/ when the job ends" in out.getvalue()
+    assert f"task       {runs / 'tiny/launch/task.yaml'} (accepted" in out.getvalue()
+    assert "runs/tiny" not in out.getvalue().replace(str(runs / "tiny"), "")
+    out = io.StringIO()
+    assert L.launch(rec, L.LaunchOptions("runpod", yes=True), out=out) == 0
+    assert f"results in {runs / 'tiny'}/" in out.getvalue() and (runs / "tiny/sft/train.log").exists()
 
 
-def test_runpod_request_uses_documented_fields(proj, template_run, env, monkeypatch):
-    with FakeRunPod(template_run=template_run, key=KEY) as fake:
-        rc, out = run("runpod", fake, proj, monkeypatch, gpus=4)
-    assert rc == 0, out
-    body = create_calls(fake)[0].body
-    assert body["imageName"] == "ghcr.io/acme/tunebook:0123abcd"
-    assert body["gpuTypeIds"] == ["NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe"]
-    assert body["gpuCount"] == 4 and body["env"]["GPUS"] == "4"
-    assert body["computeType"] == "GPU" and body["containerDiskInGb"] == 100 and body["volumeInGb"] == 100
-    assert body["env"]["TUNEBOOK_HOLD"] == "1"  # RunPod restarts exited containers: hold until terminated
-    assert body["name"].startswith("tunebook-tiny-")
-    assert all(r.headers["Authorization"] == f"Bearer {KEY}" for r in fake.requests)
+def test_status_offline_is_one_paragraph_and_stops_the_api_server_it_started(proj, fake_sky):
+    r = tunebook("--root", str(proj), "launch", "tiny", "--status", env={"FAKE_SKY_OFFLINE": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr and 'File "' not in r.stderr
+    error = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1, r.stderr
+    assert error[0].startswith("error: SkyPilot's status of tb-tiny failed: `sky status tb-tiny` exited with 1: "
+                               "ConnectionRefusedError: [Errno 111] Connection refused; "
+                               "requests.exceptions.ConnectionError: ")
+    assert "sky check" in error[0] and "api info" in error[0]
+    assert [c for c in fake_sky() if c != "has-token"][-1] == "api stop"
+    assert "stopped SkyPilot's local API server" in r.stderr
+    assert not (proj / "fake-sky/server-up").exists()
 
 
-def test_lambda_launch_body_and_user_data(proj, template_run, env, monkeypatch):
-    with FakeLambda(template_run=template_run, key=KEY) as fake:
-        rc, out = run("lambda", fake, proj, monkeypatch, gpu="a100-80", gpus=8)
-    assert rc == 0, out
-    body = create_calls(fake)[0].body
-    assert body["instance_type_name"] == "gpu_8x_a100_80gb_sxm4" and body["region_name"] == "us-east-1"
-    assert body["ssh_key_names"] == ["laptop"] and body["quantity"] == 1
-    script = body["user_data"]
-    assert script.startswith("#!/bin/bash") and "docker run --rm --name tunebook --gpus all" in script
-    assert "--env-file /opt/tunebook/env ghcr.io/acme/tunebook:0123abcd" in script
-    assert SECRET not in script  # the env file is inside, base64: no secret in plain text
-    assert fake.envs[list(fake.instances)[0]]["GPUS"] == "8"
-    assert "$14.32/h (Lambda API, live)" in out
-
-
-def test_lambda_gpu_count_must_exist(proj, env, monkeypatch):
-    with FakeLambda(key=KEY) as fake:
-        exc, out = run("lambda", fake, proj, monkeypatch, gpu="a100-80", gpus=1)
-    assert isinstance(exc, TunebookError) and "with 1 GPU" in str(exc) and "8 GPU" in str(exc)
-    assert create_calls(fake) == []
-
-
-# ------------------------------------------------------------------------------------------------ failures
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_auth_failure(cloud, proj, env, monkeypatch):
-    with FAKES[cloud](mode="auth", key=KEY) as fake:
-        exc, out = run(cloud, fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and exc.exit_code == 2
-    assert "API key" in str(exc) and KEY not in str(exc)
-    assert fake.instances == {} and alive(fake) == []
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_wrong_key_is_refused_by_the_fake_too(cloud, proj, env, monkeypatch):
-    with FAKES[cloud](key="another-key") as fake:
-        exc, out = run(cloud, fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and exc.exit_code == 2 and fake.instances == {}
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_no_capacity(cloud, proj, env, monkeypatch):
-    with FAKES[cloud](mode="no_capacity", key=KEY) as fake:
-        exc, out = run(cloud, fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and "no capacity" in str(exc) and exc.exit_code == 1
-    assert fake.instances == {} and alive(fake) == []
-
-
-def test_lambda_no_capacity_at_launch_time(proj, env, monkeypatch):
-    # /instance-types still lists capacity, but the launch call itself answers insufficient-capacity
-    with FakeLambda(mode="launch_no_capacity", key=KEY) as fake:
-        exc, out = run("lambda", fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and "no capacity" in str(exc)
-    assert len(create_calls(fake)) == 1 and fake.instances == {}
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_lost_create_answer_is_found_and_terminated(cloud, proj, env, monkeypatch):
-    monkeypatch.setenv("TUNEBOOK_HTTP_TIMEOUT", "0.4")
-    with FAKES[cloud](mode="slow_create", delay=1.2, key=KEY) as fake:
-        exc, out = run(cloud, fake, proj, monkeypatch)
-        time.sleep(1.0)  # let the slow handler finish
-    assert isinstance(exc, TunebookError) and "no answer" in str(exc)
-    assert len(fake.instances) == 1, "the fake did create the instance"
-    assert terminated(fake) == list(fake.instances) and alive(fake) == []
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_instance_dies_mid_run(cloud, proj, env, monkeypatch):
-    with FAKES[cloud](mode="dies", key=KEY) as fake:
-        exc, out = run(cloud, fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and exc.exit_code == 1 and "stopped before training finished" in str(exc)
-    assert "sft: step" in out  # its log was streamed
-    assert terminated(fake) == list(fake.instances) and alive(fake) == []
-    assert json.loads((proj / "runs/tiny/launch.json").read_text())["terminated"] is True
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_failed_training(cloud, proj, template_run, env, monkeypatch):
-    with FAKES[cloud](mode="fail", template_run=template_run, key=KEY) as fake:
-        exc, out = run(cloud, fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and exc.exit_code == 1
-    assert "training failed" in str(exc) and "CUDA out of memory" in str(exc)
-    assert terminated(fake) == list(fake.instances) and alive(fake) == []
-    assert (proj / "runs/tiny/sft/train.log").is_file(), "a failed run's files are fetched too"
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_container_never_starts(cloud, proj, env, monkeypatch):
-    monkeypatch.setenv("TUNEBOOK_BOOT_TIMEOUT_S", "0.5")
-    with FAKES[cloud](mode="never_starts", key=KEY) as fake:
-        exc, out = run(cloud, fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and "did not start" in str(exc)
-    assert terminated(fake) == list(fake.instances) and alive(fake) == []
-
-
-def test_max_hours_terminates(proj, env, monkeypatch):
-    with FakeRunPod(mode="hang", key=KEY) as fake:
-        exc, out = run("runpod", fake, proj, monkeypatch, max_hours=0.0003)
-    assert isinstance(exc, TunebookError) and "--max-hours" in str(exc)
-    assert terminated(fake) == list(fake.instances) and alive(fake) == []
-
-
-def test_client_timeout_while_watching_is_retried(proj, template_run, env, monkeypatch):
-    """A few failed status calls are tolerated; the run still finishes and is terminated."""
-    with FakeRunPod(template_run=template_run, key=KEY) as fake:
-        route, n = fake.route, {"get": 0}
-
-        def flaky(req):
-            if req.method == "GET" and req.path.startswith("/v1/pods/") and n["get"] < 2:
-                n["get"] += 1
-                return 503, {"error": "upstream unavailable", "status": 503}
-            return route(req)
-
-        fake.route = flaky
-        rc, out = run("runpod", fake, proj, monkeypatch)
-    assert rc == 0 and alive(fake) == []
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_flaky_terminate_is_retried(cloud, proj, template_run, env, monkeypatch):
-    with FAKES[cloud](mode="flaky_terminate", template_run=template_run, key=KEY) as fake:
-        rc, out = run(cloud, fake, proj, monkeypatch)
-    assert rc == 0 and fake.terminate_calls == 3 and alive(fake) == []
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_unconfirmed_terminate_is_loud(cloud, proj, template_run, env, monkeypatch):
-    with FAKES[cloud](mode="broken_terminate", template_run=template_run, key=KEY) as fake:
-        exc, out = run(cloud, fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and exc.exit_code == 1
-    iid = list(fake.instances)[0]
-    assert "MAY STILL BE RUNNING" in str(exc) and iid in str(exc) and f"tunebook terminate --cloud {cloud}" in str(exc)
-    assert fake.terminate_calls == 6
-    assert json.loads((proj / "runs/tiny/launch.json").read_text())["terminated"] is False
-
-
-# ------------------------------------------------------------------------------------------------ refusals
-@pytest.mark.parametrize("unset, words", [("TUNEBOOK_IMAGE", "no image"), ("TUNEBOOK_ARTIFACTS", "artifact store"),
-                                          ("RUNPOD_API_KEY", "RUNPOD_API_KEY")])
-def test_missing_settings_rent_nothing(unset, words, proj, env, monkeypatch):
-    monkeypatch.delenv(unset)
-    with FakeRunPod(key=KEY) as fake:
-        exc, out = run("runpod", fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and exc.exit_code == 2 and words in str(exc)
-    assert fake.requests == []
-
-
-def test_local_image_is_refused(proj, env, monkeypatch):
-    monkeypatch.setenv("TUNEBOOK_IMAGE", "localhost/tunebook:abc")
-    with FakeRunPod(key=KEY) as fake:
-        exc, _ = run("runpod", fake, proj, monkeypatch)
-    assert "only on this machine" in str(exc) and fake.requests == []
-
-
-def test_bad_recipe_rents_nothing(proj, env, monkeypatch):
-    (proj / "recipes/tiny.yaml").write_text("name: tiny\nbase_model: x/y\ndata: {train: nope.jsonl}\n")
-    with FakeRunPod(key=KEY) as fake:
-        exc, _ = run("runpod", fake, proj, monkeypatch)
-    assert isinstance(exc, TunebookError) and exc.exit_code == 2 and fake.requests == []
-
-
-def test_provider_key_is_never_forwarded(proj, env, monkeypatch):
-    with FakeRunPod(key=KEY) as fake:
-        exc, _ = run("runpod", fake, proj, monkeypatch, env=["RUNPOD_API_KEY"])
-    assert isinstance(exc, TunebookError) and "never sent" in str(exc) and fake.requests == []
-
-
-def test_confirmation_needed_without_yes(proj, env, monkeypatch):
-    with FakeRunPod(key=KEY) as fake:
-        monkeypatch.setenv("TUNEBOOK_RUNPOD_URL", fake.url)
-        r = subprocess.run([sys.executable, "-m", "runner.cli", "--root", str(proj), "launch", "tiny", "--cloud",
-                            "runpod", "--gpu", "a100-80"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           cwd=REPO, timeout=120)
-    assert r.returncode == 2 and "--yes" in r.stderr
-    assert "estimate" in r.stdout  # the cost was shown before asking
-    assert create_calls(fake) == []
-
-
-def test_dry_run(proj, env, monkeypatch):
-    with FakeRunPod(key=KEY) as fake:
-        rc, out = run("runpod", fake, proj, monkeypatch, dry_run=True)
-    assert rc == 0 and "nothing was rented" in out and fake.requests == []
-
-
-# ------------------------------------------------------------------------------------------------ signals
-def _cli_launch(cloud, proj, fake, extra_env=None):
-    e = dict(os.environ)
-    e.update({"TUNEBOOK_RUNPOD_URL": fake.url, "TUNEBOOK_LAMBDA_URL": fake.url, **(extra_env or {})})
-    return subprocess.Popen([sys.executable, "-m", "runner.cli", "--root", str(proj), "launch", "tiny", "--cloud",
-                             cloud, "--gpu", GPU[cloud], "--yes"], cwd=REPO, env=e, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(cond, timeout=60):
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_signal_terminates_the_instance(cloud, sig, proj, env):
-    with FAKES[cloud](mode="hang", key=KEY) as fake:
-        p = _cli_launch(cloud, proj, fake)
-        try:
-            assert _wait_for(lambda: fake.instances and any(
-                (read_status(e.get("TUNEBOOK_ARTIFACTS", "")) or {}).get("state") == "running"
-                for e in fake.envs.values())), "the run never started"
-            p.send_signal(sig)
-            out, err = p.communicate(timeout=60)
-        finally:
-            if p.poll() is None:
-                p.kill()
-    assert p.returncode == 130, err
-    assert "interrupted" in err and "terminated" in err
-    assert terminated(fake) == list(fake.instances) and alive(fake) == []
-    assert KEY not in out + err and SECRET not in out + err
-
-
-@pytest.mark.parametrize("cloud", ["runpod", "lambda"])
-def test_ctrl_c_during_create_still_terminates(cloud, proj, env):
-    """The create call is shielded: a Ctrl-C while it is in flight is acted on once its answer (the id) is in."""
-    with FAKES[cloud](mode="slow_create", delay=2.0, key=KEY) as fake:
-        p = _cli_launch(cloud, proj, fake)
-        try:
-            assert _wait_for(lambda: fake.instances), "the create call never arrived"
-            p.send_signal(signal.SIGINT)
-            out, err = p.communicate(timeout=60)
-        finally:
-            if p.poll() is None:
-                p.kill()
-    assert p.returncode == 130, err
-    assert terminated(fake) == list(fake.instances) and alive(fake) == []
-
-
-def test_terminate_command(env, monkeypatch):
-    with FakeRunPod(key=KEY) as fake:
-        monkeypatch.setenv("TUNEBOOK_RUNPOD_URL", fake.url)
-        fake.create({"imageName": "x", "gpuTypeIds": ["NVIDIA H100 80GB HBM3"], "gpuCount": 1, "env": {}})
-        iid = list(fake.instances)[0]
-        r = subprocess.run([sys.executable, "-m", "runner.cli", "terminate", "--cloud", "runpod", iid], cwd=REPO,
-                           capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0 and f"{iid} terminated" in r.stdout and alive(fake) == []
-
-
-# ------------------------------------------------------------------------------------------------ artifacts
-def test_artifact_round_trip(template_run, tmp_path):
-    url = f"file://{tmp_path}/b/run1"
-    assert sorted(map(str, upload_files(template_run))) == sorted([
-        "manifest.json", "merge/merged/config.json", "sft/output/adapter_config.json",
-        "sft/output/adapter_model.safetensors", "sft/train.log", "tunebook.lock"])
-    assert push_run(template_run, url) == 6
-    dest = tmp_path / "runs/tiny"
-    dest.mkdir(parents=True)
-    (dest / "local.txt").write_text("mine")
-    assert pull_run(url, dest) == 6
-    assert (dest / "sft/output/adapter_config.json").is_file() and not (dest / "local.txt").exists()
-    aside = [p for p in dest.parent.iterdir() if p.name.startswith("tiny.before-launch-")]
-    assert len(aside) == 1 and (aside[0] / "local.txt").read_text() == "mine"
-    assert push_run(template_run, url, include_checkpoints=True) == 7
-
-
-def test_container_side_commands(tmp_path):
-    """`tunebook artifacts status|heartbeat|push` as docker/entrypoint.sh calls them."""
-    root = tmp_path / "p"
-    (root / "runs/r/sft").mkdir(parents=True)
-    (root / "runs/r/sft/train.log").write_text("x\n")
-    log = root / "runs/r/container.log"
-    log.write_text("".join(f"line {i}\n" for i in range(500)))
-    url = f"file://{tmp_path}/bucket/r/1"
-
-    def cli(*a):
-        return subprocess.run([sys.executable, "-m", "runner.cli", "--root", str(root), "artifacts", *a], cwd=REPO,
-                              capture_output=True, text=True, timeout=60)
-
-    assert cli("status", url, "starting").returncode == 0
-    assert read_status(url)["state"] == "starting"
-    assert cli("heartbeat", "r", url, "--log", str(log), "--once").returncode == 0
-    st = read_status(url)
-    assert st["state"] == "running" and st["stage"] == "sft" and st["log_lines"] == 500
-    assert st["log_first_line"] == 100
-    r = cli("push", "r", url, "--log", str(log), "--exit-code", "3")
+def test_an_api_server_that_was_running_is_left_running(proj, fake_sky):
+    (proj / "fake-sky/server-up").touch()
+    r = tunebook("--root", str(proj), "launch", "tiny", "--status")
     assert r.returncode == 0, r.stderr
-    st = read_status(url)
-    assert st["state"] == "failed" and st["exit_code"] == 3 and st["files"] == 2
-    assert (tmp_path / "bucket/r/1/run/container.log").is_file()
+    assert "api stop" not in fake_sky() and (proj / "fake-sky/server-up").exists()
 
 
-def test_container_side_commands_use_tunebook_runs(tmp_path):
-    """`artifacts push|pull` find the run folder where the pipeline writes it: under $TUNEBOOK_RUNS when set."""
-    root, runs = tmp_path / "p", tmp_path / "elsewhere"
-    (runs / "r/sft").mkdir(parents=True)
-    (runs / "r/sft/train.log").write_text("x\n")
-    (root / "recipes").mkdir(parents=True)
-    url = f"file://{tmp_path}/bucket/r/1"
-    env = {**os.environ, "TUNEBOOK_RUNS": str(runs)}
+def test_status_of_a_managed_job_shows_only_this_recipes_jobs(proj, fake_sky):
+    rec = load_recipe("tiny", proj)
+    (proj / "runs/tiny").mkdir(parents=True)
+    (proj / "runs/tiny/launch.json").write_text(json.dumps({"name": "tb-tiny", "managed": True}))
+    jobs = [{"job_id": 7, "job_name": "tb-tiny", "status": "RECOVERING", "submitted_at": 1.7e9, "job_duration": 1500,
+             "recovery_count": 1},
+            {"job_id": 8, "job_name": "tb-other", "status": "RUNNING", "submitted_at": 1.7e9},
+            {"job_id": 3, "job_name": "tb-tiny", "status": "SUCCEEDED", "submitted_at": 1.6e9, "job_duration": 60}]
+    (proj / "fake-sky/queue.json").write_text(json.dumps(jobs, indent=2))
+    out = io.StringIO()
+    assert L.manage(rec, "status", out=out) == 0
+    assert sky_calls(fake_sky())[-1] == "jobs queue -o json"
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "tb-other" not in out.getvalue()
+    assert lines[0].startswith("tb-tiny: managed job 3 SUCCEEDED (submitted ") and lines[0].endswith(
+        ", 1 min, 0 recoveries)")
+    assert lines[1].startswith("tb-tiny: managed job 7 RECOVERING") and lines[1].endswith(", 25 min, 1 recoveries)")
+    (proj / "fake-sky/queue.json").write_text("[]")
+    out = io.StringIO()
+    assert L.manage(rec, "status", out=out) == 0 and "no managed job of that name" in out.getvalue()
+    (proj / "fake-sky/queue.json").unlink()  # the jobs controller is down: SkyPilot's ClusterNotUpError
+    out = io.StringIO()
+    assert L.manage(rec, "status", out=out) == 0 and "no managed job in progress" in out.getvalue()
 
-    def cli(*a):
-        return subprocess.run([sys.executable, "-m", "runner.cli", "--root", str(root), "artifacts", *a], cwd=REPO,
-                              env=env, capture_output=True, text=True, timeout=60)
 
-    r = cli("push", "r", url, "--exit-code", "0")
-    assert r.returncode == 0, r.stderr
-    st = read_status(url)
-    assert st["state"] == "succeeded" and st["files"] == 1 and st["stage"] == "sft"
-    r = cli("pull", "r", url)
-    assert r.returncode == 0, r.stderr
-    assert (runs / "r/sft/train.log").is_file() and not (root / "runs").exists()
+@pytest.mark.parametrize("hours, shown", [
+    (0.3 / 60, "~15 min (<1 min training from the planner + 15 min assumed"),
+    (0.6 / 60, "~16 min (1 min training from the planner + 15 min assumed"),
+    (2.26, "~2 h 31 min (2 h 16 min training from the planner + 15 min assumed"),
+])
+def test_the_estimate_adds_up(hours, shown):
+    est = L.Estimate(hours, 2.0, "table", "planner")
+    assert est.render().startswith(shown)
+    assert est.usd == pytest.approx(est.minutes / 60 * 2.0)
+    assert L.Estimate(None, 2.0, "table", "no speed figure").render().startswith("unknown (no speed figure)")
+
+
+def test_ctrl_c_tears_down(proj, fake_sky, monkeypatch):
+    calls = []
+
+    def interrupted(root, *args, **kw):
+        calls.append(args)
+        if args[0] == "launch":
+            raise KeyboardInterrupt
+        return L.skypilot.Result(args, 0, "", [])
+
+    monkeypatch.setattr(L.skypilot, "run", interrupted)
+    with pytest.raises(TunebookError, match="interrupted: tb-tiny was torn down") as exc:
+        L.launch(load_recipe("tiny", proj), L.LaunchOptions("runpod", yes=True), out=io.StringIO())
+    launched = next(c for c in calls if c[0] == "launch")
+    assert exc.value.exit_code == 130 and calls[-1] == ("down", "-y", "tb-tiny")
+    assert not any(c[0] == "logs" for c in calls)  # Ctrl-C: down at once, nothing saved
+    assert "-i" in launched and "--down" in launched  # and the cluster downs itself if we die too
+
+
+def test_sigterm_during_launch_tears_down_and_exits_143(proj, fake_sky):
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "--root", str(proj), "launch", "tiny", "--cloud",
+                             "runpod", "--yes"], cwd=REPO, env={**os.environ, "FAKE_SKY_SLEEP": "60"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120  # the CLI plans the recipe first (seconds; more on a busy machine)
+        while not any(c.startswith("launch ") for c in fake_sky()):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert sky_calls(fake_sky())[-1] == "down -y tb-tiny"
+    assert "stopped by SIGTERM: tb-tiny was torn down" in err and "Traceback" not in err
+
+
+def test_without_yes_and_no_terminal_nothing_is_launched(proj, fake_sky):
+    r = tunebook("--root", str(proj), "launch", "tiny", "--cloud", "runpod", env={"HF_TOKEN": SECRET})
+    assert r.returncode == 2 and "needs confirmation" in r.stderr and fake_sky() == []
+    assert SECRET not in r.stdout + r.stderr

@@ -1,5 +1,6 @@
-"""`tunebook export` of a real trained run: the session's `make train RECIPE=ci-mini` (fixture ci_mini_make_train,
-shared with tests/e2e/test_train.py, so CI trains it once). The archive's layout and refusals are unit-tested on a
+"""`make train RECIPE=ci-mini` (the README's command; session fixture ci_mini_make_train, trained once) and
+`tunebook export` of that real trained run. One file, so that `pytest -n 2 --dist loadfile` keeps every user of
+the run on one worker. The archive's layout and refusals are unit-tested on a
 fabricated run folder in tests/unit/ship/test_export.py."""
 from __future__ import annotations
 
@@ -8,10 +9,32 @@ import shutil
 import tarfile
 
 import pytest
+import yaml
 
-from tests.conftest import REPO, make_project, run_cli
+from tests.conftest import REPO, generate_reply, make_project, run_cli
 
 pytestmark = pytest.mark.e2e
+
+
+def test_make_train_ci_recipe(ci_mini_make_train):
+    r, runs = ci_mini_make_train
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "recipes/ci-mini.yaml: OK" in r.stdout
+    assert "merge: merged model at" in r.stdout
+    run = runs / "ci-mini"
+    adapter = run / "sft" / "output"
+    assert (adapter / "adapter_model.safetensors").stat().st_size > 100_000
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    assert cfg["r"] == 16 and cfg["peft_type"] == "LORA"
+    m = json.loads((run / "manifest.json").read_text())["stages"]["sft"]["metrics"]
+    assert m["train_loss_last"] < m["train_loss_first"], m
+    # The log Axolotl wrote is kept beside the config tunebook resolved for it.
+    assert (run / "sft" / "train.log").stat().st_size > 0
+    assert yaml.safe_load((run / "sft" / "axolotl.yaml").read_text())["adapter"] == "lora"
+    merged = run / "merge" / "merged"
+    # The merged model carries the chat template it was trained with (no injected system prompt).
+    assert "SmolLM" not in (merged / "chat_template.jinja").read_text()
+    assert len(generate_reply(merged).strip()) > 0
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +42,8 @@ def ci_mini_run(tmp_path_factory, ci_mini_make_train):
     """A project with a real ci-mini run: a copy of the session's `make train RECIPE=ci-mini` run."""
     root = tmp_path_factory.mktemp("ci-mini-export")
     make_project(root)
-    (root / "recipes/data").symlink_to(REPO / "recipes/data")
+    # A copy, not a symlink: data files must lie inside the project (a symlink out of it is refused).
+    shutil.copytree(REPO / "recipes/data/ci-mini", root / "recipes/data/ci-mini")
     shutil.copy(REPO / "recipes/ci-mini.yaml", root / "recipes/ci-mini.yaml")
     (root / ".cache").symlink_to(REPO / ".cache")
     r, runs = ci_mini_make_train
