@@ -49,10 +49,14 @@ PLAIN_ENV = ("WANDB_PROJECT", "WANDB_ENTITY", "WANDB_MODE", "MLFLOW_TRACKING_URI
 NEVER_FORWARD = ("RUNPOD_API_KEY", "LAMBDA_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
 IMAGE_ENV = "TUNEBOOK_IMAGE"
 STARTUP_HOURS = 0.25  # provisioning, image pull or setup, model download: an assumption, stated with the estimate
-REMOTE_RUNS = "/tunebook/runs"  # where the bucket is mounted (TUNEBOOK_RUNS on the cluster)
+REMOTE_BUCKET = "/tunebook/bucket"  # where --bucket's bucket is mounted; TUNEBOOK_RUNS is its prefix in there
 REMOTE_WORKDIR = "~/sky_workdir"  # where SkyPilot puts the working directory on every node
 AUTODOWN_IDLE_MIN = 15  # without a bucket: time to copy runs/<recipe>/ back before the cluster downs itself
 CLOUD_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+# Object stores whose URL is SCHEME://BUCKET[/PREFIX] (SkyPilot's StoreType); Azure's https:// URLs name an account
+# and a container, not one bucket, and are not offered.
+BUCKET_SCHEMES = ("s3", "gs", "r2", "cos", "oci", "nebius")
+BUCKET_RE = re.compile(rf"^(?:{'|'.join(BUCKET_SCHEMES)})://[a-z0-9][a-z0-9._-]{{0,222}}(?:/[A-Za-z0-9._/-]*)?$")
 JOBS_QUEUE_LIMIT = 50  # how many managed jobs `sky jobs queue` lists by default
 
 
@@ -281,9 +285,12 @@ def build_task(rec: Recipe, opts: LaunchOptions, tgt: Target, commit: str, image
     if opts.bucket:
         # runs/ on the bucket: checkpoints and the lock survive a preempted or lost machine, and a recovered
         # managed job resumes from them. MOUNT_CACHED writes locally and uploads in the background.
-        envs["TUNEBOOK_RUNS"] = REMOTE_RUNS
-        task["file_mounts"] = {f"{REMOTE_RUNS}/{rec.name}": {"source": f"{opts.bucket.rstrip('/')}/{rec.name}",
-                                                              "mode": "MOUNT_CACHED"}}
+        # SkyPilot mounts only a whole bucket in the MOUNT modes (a sub-path raises StorageModeError when the
+        # storage is built at launch, which Task.from_yaml_config does not do): mount the bucket itself and put
+        # TUNEBOOK_RUNS at the prefix inside it, so the run is still <bucket>/<prefix>/<recipe>/.
+        store, prefix = split_bucket(opts.bucket)
+        envs["TUNEBOOK_RUNS"] = "/".join(p for p in (REMOTE_BUCKET, prefix) if p)
+        task["file_mounts"] = {REMOTE_BUCKET: {"source": store, "mode": "MOUNT_CACHED"}}
     return task
 
 
@@ -332,6 +339,10 @@ def check_options(opts: LaunchOptions) -> str | None:
     if opts.spot and not opts.bucket:
         raise TunebookError("--spot without --bucket: a preempted machine would take the checkpoints with it",
                             fix="Pass --bucket s3://BUCKET/PREFIX (or gs://, r2://, ...) for runs/<recipe>/.")
+    if opts.bucket and not BUCKET_RE.match(opts.bucket):
+        raise TunebookError(f"--bucket {opts.bucket!r} is not a bucket URL SkyPilot can mount",
+                            fix="Write it as SCHEME://BUCKET[/PREFIX] with SCHEME one of "
+                                f"{', '.join(BUCKET_SCHEMES)} (e.g. s3://my-bucket/tunebook).")
     if opts.spot and opts.nodes > 1:
         raise TunebookError("--spot with --nodes > 1 is not supported: recovering a multi-node run needs every "
                             "node's checkpoint shard, and only node 0 keeps its run on the bucket",
@@ -408,6 +419,13 @@ def shown(path: Path, root: Path) -> str:
         return str(Path(path).relative_to(root))
     except ValueError:
         return str(path)
+
+
+def split_bucket(url: str) -> tuple[str, str]:
+    """'s3://B/PREFIX/...' -> ('s3://B', 'PREFIX/...'): the bucket SkyPilot mounts and the folder in it."""
+    scheme, _, rest = url.rstrip("/").partition("://")
+    name, _, prefix = rest.partition("/")
+    return f"{scheme}://{name}", prefix.strip("/")
 
 
 def bucket_url(plan: LaunchPlan) -> str | None:

@@ -107,8 +107,12 @@ def test_multinode_variables_become_accelerate_arguments(monkeypatch):
 
 def test_bucket_holds_runs(proj):
     t = task_for(proj, "tiny", cloud="aws", spot=True, bucket="s3://b/tb/")
-    assert t["resources"]["use_spot"] is True and t["envs"]["TUNEBOOK_RUNS"] == L.REMOTE_RUNS
-    assert t["file_mounts"] == {f"{L.REMOTE_RUNS}/tiny": {"source": "s3://b/tb/tiny", "mode": "MOUNT_CACHED"}}
+    # The whole bucket is mounted (SkyPilot's MOUNT modes refuse a sub-path); the prefix is where runs/ is in it.
+    assert t["resources"]["use_spot"] is True and t["envs"]["TUNEBOOK_RUNS"] == f"{L.REMOTE_BUCKET}/tb"
+    assert t["file_mounts"] == {L.REMOTE_BUCKET: {"source": "s3://b", "mode": "MOUNT_CACHED"}}
+    bare = task_for(proj, "tiny", cloud="aws", spot=True, bucket="gs://bucket-1")
+    assert bare["envs"]["TUNEBOOK_RUNS"] == L.REMOTE_BUCKET
+    assert bare["file_mounts"] == {L.REMOTE_BUCKET: {"source": "gs://bucket-1", "mode": "MOUNT_CACHED"}}
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -116,6 +120,8 @@ def test_bucket_holds_runs(proj):
     ({"spot": True, "bucket": "s3://b", "nodes": 2}, "--spot with --nodes > 1"),
     ({"image": "localhost/tunebook:abc"}, "exists only on this machine"),
     ({"cloud": "Run Pod"}, "is not a cloud name"),
+    ({"bucket": "my-bucket/runs"}, "is not a bucket URL"),
+    ({"bucket": "https://acct.blob.core.windows.net/c"}, "is not a bucket URL"),
 ])
 def test_refused_options(kw, match):
     with pytest.raises(TunebookError, match=match):
