@@ -183,6 +183,12 @@ def test_kill_and_resume(proj):
     assert len(resumed) == steps - last, f"the second attempt logged {len(resumed)} steps, not {steps - last}"
     # One run's worth of steps over both attempts (at most the step in flight at the kill is done twice).
     assert steps <= len(_logged_steps(first)) + len(resumed) <= steps + 1
+    # The scheduler's state came back with the step: the learning rate goes on down its cosine from where the
+    # checkpoint left it. A resume that restored the step but restarted the schedule would log the peak rate
+    # (1e-3, warm-up is 0 steps at 6 steps x 5%) again at the first resumed step.
+    lrs = [float(d["learning_rate"]) for d in _logged_steps(first)[:last] + resumed]  # the log prints them as text
+    assert len(lrs) == steps and all(a > b for a, b in zip(lrs, lrs[1:])), lrs
+    assert lrs[last] < 1.0e-3 * 0.9, lrs
     state = json.loads((out / f"checkpoint-{steps}" / "trainer_state.json").read_text())
     assert state["global_step"] == steps
     assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, steps + 1))
