@@ -179,6 +179,20 @@ def parse_line(raw: bytes | None, n: int) -> tuple[object, tuple[str, str] | Non
     return value, None
 
 
+def parsed_lines(fh: IO[bytes]) -> Iterator[tuple[int, int, dict | None, tuple[str, str] | None]]:
+    """Every non-blank line of an open data file (open_data), parsed: (line number, bytes read since the previous
+    one, the row or None, and parse_line's (problem kind, message) for a line that is not one JSON object). The one
+    line loop of every reader of data files (read_jsonl, checked_rows, the data check's read_file)."""
+    nbytes = 0
+    for n, raw in iter_lines(fh):
+        nbytes += len(raw) if raw is not None else 0
+        if raw is not None and not raw.strip():
+            continue
+        row, problem = parse_line(raw, n)
+        yield n, nbytes, row, problem
+        nbytes = 0
+
+
 def type_name(v) -> str:
     """A JSON value's type in words ("a list", "an integer", ...)."""
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
@@ -200,10 +214,7 @@ def read_jsonl(path: Path, display: str | None = None, strict: bool = False) -> 
     display = display or str(path)
     rows = []
     with open_data(path, display) as fh:
-        for n, raw in iter_lines(fh):
-            if raw is not None and not raw.strip():
-                continue
-            row, problem = parse_line(raw, n)
+        for n, _, row, problem in parsed_lines(fh):
             if problem is not None:
                 if strict:
                     raise TunebookError(problem[1], where=f"{display}:{n}",
@@ -289,11 +300,8 @@ def checked_rows(path: Path, display: str, fmt: str, min_output_chars: int = 1) 
     out, lines = [], 0
     validator = row_validator(fmt)
     with open_data(path, display) as fh:
-        for n, raw in iter_lines(fh):
-            if raw is not None and not raw.strip():
-                continue
+        for _, _, row, problem in parsed_lines(fh):
             lines += 1
-            row, problem = parse_line(raw, n)
             if problem is not None:
                 continue
             row = normalize_value(row, set())

@@ -16,9 +16,9 @@ from pathlib import Path
 from runner.console import NULL_REPORTER, Reporter
 from runner.data import dedup
 from runner.errors import TunebookError
-from runner.formats import (FORMATS, content_problems, detect_format, empty_file_error, iter_lines,  # noqa: F401
-                             normalize_text, normalize_value, open_data, parse_line, row_format, row_validator,
-                             turns, type_name)
+from runner.formats import (FORMATS, content_problems, detect_format, empty_file_error,  # noqa: F401
+                             normalize_text, normalize_value, open_data, parsed_lines, row_format,
+                             row_validator, turns, type_name)
 from runner.fsutil import sha256_file
 from runner.recipe.load import keypath_str
 
@@ -191,15 +191,12 @@ def read_file(path: Path, src: str, fmt: str, group: str, min_output_chars: int 
     advance = reporter.start(f"checking {src}", size)
     pending = 0
     with fh:
-        for n, raw in iter_lines(fh):
-            pending += len(raw) if raw is not None else 0
+        for n, nbytes, row, problem in parsed_lines(fh):
+            pending += nbytes
             if pending > 1 << 20:
                 advance(pending)
                 pending = 0
-            if raw is not None and not raw.strip():
-                continue
             res.lines += 1
-            row, problem = parse_line(raw, n)
             if problem is not None:
                 res.invalid_rows += 1
                 res.problems.append(Problem(problem[0], src, n, None, problem[1]))
