@@ -1,14 +1,13 @@
 """`tunebook validate|resolve|train|status RECIPE` (a recipe and its pipeline) and `tunebook model`."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 
 from runner.cli.common import resolved_recipe
 from runner.data import prepare as dataprep
 from runner.errors import TunebookError
-from runner.evaluate.forgetting import TaskSession
+from runner.evaluate import forgetting
 from runner.models import DEFAULT_MODEL_DIR, prepare_default_model
 from runner.pipeline.run import Pipeline
 from runner.plan.fit import check_fits_preset
@@ -16,25 +15,9 @@ from runner.recipe.load import TRAIN_KINDS
 from runner.train.config_check import check_resolved
 
 
-def check_forgetting_tasks(rec) -> None:
-    """Refuse an eval.forgetting task lm-eval doesn't know, at its line, before any stage trains (the eval stage
-    would only find out after training). Naming a hub task costs lm-eval's task index, a few seconds."""
-    fg = (rec.data.get("eval") or {}).get("forgetting") or {}
-    tasks = fg.get("tasks") or []
-    if not tasks or not any(s.kind == "eval" for s in rec.stages):
-        return
-    if importlib.util.find_spec("lm_eval") is None:
-        return  # tunebook without its training extras (the light image): the eval machine checks them
-    try:
-        TaskSession(rec.root, tasks).close()
-    except TunebookError as exc:
-        i = next((i for i, t in enumerate(tasks) if f"'{t}'" in exc.what), 0)
-        raise TunebookError(exc.what, where=rec.where("eval", "forgetting", "tasks", i), fix=exc.fix) from None
-
-
 def cmd_validate(args) -> int:
     res = resolved_recipe(args)
-    check_forgetting_tasks(res.recipe)
+    forgetting.check_tasks(res.recipe)
     # The data files' rows are checked too (no tokenizer, no near-duplicate pass, nothing written): a bad row is
     # a validation error, reported at its file:line, not something the first training run finds.
     dc = dataprep.run_checks(res, tokens=False, write=False, write_report=False, near_dedup=False)

@@ -8,6 +8,7 @@ recipes/data/general-knowledge/mc.jsonl). Scores are in points (0-100) so that m
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import os
@@ -154,10 +155,17 @@ class TaskSession:
     """Local tasks materialised into a temp folder and an lm-eval TaskManager over them (built once)."""
 
     def __init__(self, root: Path, tasks: list[str]):
-        from lm_eval.tasks import TaskManager
-
         self.root, self.tasks = Path(root), list(tasks)
         self.tmp = Path(tempfile.mkdtemp(prefix="tunebook-tasks-"))
+        try:
+            self._index(tasks)
+        except BaseException:
+            self.close()  # an unknown task (or Ctrl-C while indexing) leaves no temp folder behind
+            raise
+
+    def _index(self, tasks: list[str]) -> None:
+        from lm_eval.tasks import TaskManager
+
         include = [str(p) for p in materialise_tasks(self.root, self.tmp)]
         local = set(local_task_names(self.root))
         # Indexing lm-eval's ~200 built-in task folders takes seconds: only do it for non-local tasks.
@@ -190,6 +198,24 @@ class TaskSession:
 
     def close(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def check_tasks(rec) -> None:
+    """Refuse an eval.forgetting task lm-eval doesn't know, at its line, before any stage trains (the eval stage
+    would only find out after training); `tunebook validate` calls it. Naming a hub task costs lm-eval's task
+    index, a few seconds. Without lm-eval (tunebook without its training extras: the light image) the machine
+    that evaluates checks them."""
+    fg = (rec.data.get("eval") or {}).get("forgetting") or {}
+    tasks = fg.get("tasks") or []
+    if not tasks or not any(s.kind == "eval" for s in rec.stages):
+        return
+    if importlib.util.find_spec("lm_eval") is None:
+        return
+    try:
+        TaskSession(rec.root, tasks).close()
+    except TunebookError as exc:
+        i = next((i for i, t in enumerate(tasks) if f"'{t}'" in exc.what), 0)
+        raise TunebookError(exc.what, where=rec.where("eval", "forgetting", "tasks", i), fix=exc.fix) from None
 
 
 def _device_dtype():
