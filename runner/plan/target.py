@@ -27,14 +27,19 @@ def target_hardware(gpu: P.GPU, count: int) -> Hardware:
                     cpu_cores=cpu_cores(), cpu_name="")
 
 
+def preset_gpu(rec: Recipe) -> dict:
+    """The target GPU the recipe's preset names (`gpu: {id, count, ...}`), {} without a preset or one."""
+    return (load_preset(rec.data["preset"], rec.root) if rec.data.get("preset") else {}).get("gpu") or {}
+
+
 def resolve_for_gpu(rec: Recipe, gpu_id: str | None = None,
                     count: int | None = None) -> tuple[ResolvedRecipe, ResolvedStage, int]:
     """(resolved recipe, its first training stage, GPUs per run) as they would be on the target GPU: the
     given one, else the preset's, else a generic bf16 GPU (only bf16 support changes the config)."""
-    preset_gpu = (load_preset(rec.data["preset"], rec.root) if rec.data.get("preset") else {}).get("gpu") or {}
+    wanted = preset_gpu(rec)
     table = P.load_gpus()
-    gpu = table.get(gpu_id or str(preset_gpu.get("id"))) or table["h100"]
-    count = count or int(preset_gpu.get("count") or 1)
+    gpu = table.get(gpu_id or str(wanted.get("id"))) or table["h100"]
+    count = count or int(wanted.get("count") or 1)
     # With the model on disk, tunebook derives sequence length and packing from the data's real token
     # lengths: plan exactly the config that will train.
     resolved = resolve(rec, h=target_hardware(gpu, count), template_check=True)

@@ -31,9 +31,8 @@ from runner.errors import TunebookError
 from runner.fsutil import atomic_open, atomic_write_json, atomic_write_text
 from runner.layout import RunLayout
 from runner.plan import estimate as P
-from runner.plan.target import recipe_tokens, target_hardware
+from runner.plan.target import preset_gpu, recipe_tokens, target_hardware
 from runner.recipe.load import TRAIN_KINDS, Recipe
-from runner.recipe.presets import load_preset
 from runner.recipe.resolve import resolve
 from runner.ship import skypilot
 from runner.ship.docker import git_tag
@@ -188,15 +187,15 @@ class Target:
 def target(rec: Recipe, opts: LaunchOptions) -> Target:
     """The GPU and its count: the flags, else the recipe's preset (`gpu: {id, count}`); checked against the
     planner's GPU table and SkyPilot's names."""
-    preset_gpu = (load_preset(rec.data["preset"], rec.root) if rec.data.get("preset") else {}).get("gpu") or {}
-    gpu = opts.gpu or preset_gpu.get("id")
+    wanted = preset_gpu(rec)
+    gpu = opts.gpu or wanted.get("id")
     if not gpu:
         raise TunebookError(f"recipe '{rec.name}' has no preset GPU, so launch needs one", where=str(rec.path),
                             fix=f"Pass --gpu (one of: {', '.join(SKY_GPUS)}).")
     if gpu not in SKY_GPUS:
         raise TunebookError(f"GPU '{gpu}' has no SkyPilot name in tunebook's table",
                             fix=f"Use one of: {', '.join(SKY_GPUS)}.")
-    gpus = opts.gpus or int(preset_gpu.get("count") or 1)
+    gpus = opts.gpus or int(wanted.get("count") or 1)
     if gpus < 1 or opts.nodes < 1:
         raise TunebookError(f"--gpus {gpus} --nodes {opts.nodes}: at least one of each", fix="Pass 1 or more.")
     return Target(gpu, gpus, opts.nodes)

@@ -19,6 +19,7 @@ import yaml
 
 from runner.errors import TunebookError
 from runner.recipe.load import load_recipe
+from runner.recipe.presets import load_preset
 from runner.ship import launch as L
 from runner.ship import skypilot
 from tests.conftest import REPO, make_project, tunebook
@@ -102,7 +103,7 @@ def test_every_recipe_cloud_nodes_and_spot_setting(matrix):
             continue
         accepted += 1
         assert v["ok"], (path.name, v.get("error"))
-        gpu = (L.load_preset(rec.data["preset"], rec.root)["gpu"] if rec.data.get("preset") else
+        gpu = (load_preset(rec.data["preset"], rec.root)["gpu"] if rec.data.get("preset") else
                {"id": "a100-80", "count": 1})
         assert v["accelerators"] == {L.SKY_GPUS[gpu["id"]]: int(gpu.get("count", 1))}, path.name
         assert v["cloud"] == cloud and v["num_nodes"] == nodes and v["use_spot"] == spot
