@@ -280,3 +280,92 @@ def generate_reply(model_dir, question="How many days of annual leave do I get?"
                                   return_tensors="pt", return_dict=True)
     out = model.generate(**enc, max_new_tokens=24, do_sample=False)
     return tok.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------- fact_runs
+FACTS = REPO / "tests" / "fixtures" / "facts"
+FACT_RECIPE = """\
+name: {name}
+description: Answers questions about {topic} (invented facts, tests/fixtures/facts/).
+base_model: {base}
+data:
+  train: data/{name}/train.jsonl
+  format: alpaca
+  held_out: data/{name}/held_out.jsonl
+training:
+  max_steps: 12
+  learning_rate: 3.0e-3
+  micro_batch_size: 4
+  sequence_len: 128
+stages: [{stages}]
+eval:
+  metrics: [contains, f1]
+  max_new_tokens: 48
+"""
+# facts-a and facts-b are trained, evaluated and merged; facts-c only trained (it is the adapter that serving
+# hot-loads). Measured on 2 cores: ~105 s for a or b (48 s of it Axolotl's 12 steps), ~70 s for c.
+FACT_STAGES = {"facts-a": "sft, eval, merge", "facts-b": "sft, eval, merge", "facts-c": "sft"}
+FACT_TOPICS = {"facts-a": "Lumenrock Mining HR", "facts-b": "Tidewell kettle support", "facts-c": "Marigold Bank IT"}
+
+
+@dataclass
+class FactRuns:
+    """A project with three trained recipes on SmolLM2 (facts-a/-b/-c), shared by every test of a session."""
+
+    root: Path
+    names: tuple[str, ...]
+
+    def held_out(self, name: str) -> list[dict]:
+        """The recipe's held-out rows (instruction, output, key_fact)."""
+        path = self.root / "data" / name / "held_out.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def run(self, name: str) -> Path:
+        return self.root / "runs" / name
+
+
+def _shared_dir(tmp_path_factory, name: str) -> Path:
+    """A folder all xdist workers of this session share (each worker has its own basetemp; their parent is
+    common, and the run's uid keeps sessions apart)."""
+    uid = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    base = tmp_path_factory.getbasetemp()
+    d = (base.parent / f"{name}-{uid}") if uid else (base / name)
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+@pytest.fixture(scope="session")
+def fact_runs(tmp_path_factory, smollm2) -> FactRuns:
+    """facts-a, -b and -c trained for real (`tunebook train`, real Axolotl) once per session, whichever xdist
+    worker asks first; the others wait on a file lock and reuse the runs. A failed training fails every test
+    that uses it, with the log."""
+    import fcntl
+
+    shared = _shared_dir(tmp_path_factory, "fact-runs")
+    root = shared / "project"
+    done = shared / "done.json"
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            make_project(root, {n: FACT_RECIPE.format(name=n, topic=FACT_TOPICS[n], base=smollm2, stages=s)
+                                for n, s in FACT_STAGES.items()})
+            shutil.copytree(FACTS, root / "data", ignore=shutil.ignore_patterns("*.py"), dirs_exist_ok=True)
+            subprocess.run(["git", "init", "-q", str(root)], check=True)
+            results = {}
+            for name in FACT_STAGES:
+                cmd = [sys.executable, "-m", "runner.cli", "train", name]
+                if shutil.which("flock"):  # never beside another training (2 cores: both would crawl)
+                    cmd = ["flock", "/tmp/tunebook-cpu.lock", *cmd]
+                r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800,
+                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
+                (shared / f"{name}.log").write_text(r.stdout + r.stderr)
+                results[name] = r.returncode
+                if r.returncode:
+                    break
+            done.write_text(json.dumps(results))
+    results = json.loads(done.read_text())
+    for name, rc in results.items():
+        if rc:
+            pytest.fail(f"training {name} for fact_runs failed (exit {rc}); log: {shared / (name + '.log')}\n"
+                        + (shared / f"{name}.log").read_text()[-3000:])
+    return FactRuns(root, tuple(FACT_STAGES))
