@@ -15,8 +15,10 @@ or damage (data rows, the lock): `load_yaml_file`, `load_json_file`, `loads_json
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,10 +195,27 @@ def compose_yaml(text: str, display: str, limits: Limits = DEFAULT):
     return node, data
 
 
+_PARSED: dict[tuple, object] = {}  # (path, mtime, size, display, limits) -> value: presets are read by every resolve
+_PARSED_MAX = 64
+
+
 def load_yaml_file(path: str | Path, display: str | None = None, limits: Limits = DEFAULT):
-    """The value of a YAML file, within `limits` (see the module docstring)."""
+    """The value of a YAML file, within `limits` (see the module docstring). A file read before and unchanged
+    since (same modification time and size) is not parsed again; each caller gets its own copy."""
     display = display or str(path)
-    return compose_yaml(read_text(path, display, limits.max_bytes), display, limits)[1]
+    try:
+        st = os.stat(path)
+        key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size, display, limits)
+    except OSError:
+        key = None  # read_text reports it
+    if key is not None and key in _PARSED:
+        return copy.deepcopy(_PARSED[key])
+    value = compose_yaml(read_text(path, display, limits.max_bytes), display, limits)[1]
+    if key is not None:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.pop(next(iter(_PARSED)))
+        _PARSED[key] = copy.deepcopy(value)
+    return value
 
 
 def check_depth(value, where: str, limits: Limits = DEFAULT) -> None:

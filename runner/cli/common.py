@@ -24,6 +24,19 @@ def loaded_recipe(args, name: str | None = None) -> Recipe:
     return load_recipe(name or args.recipe, project_root(args))
 
 
+def target_machine(args):
+    """The machine to resolve for: a GPU profile from recipes/presets/gpus.yaml when the command has
+    `--gpu ID` (with --gpus per node and --nodes), else None (this machine, detected)."""
+    gpu = getattr(args, "gpu", None)
+    if not gpu:
+        return None
+    from runner.plan import estimate as P
+    from runner.plan.target import target_hardware
+
+    return target_hardware(P.gpu_by_id(gpu), getattr(args, "gpus", None) or 1, getattr(args, "nodes", None) or 1)
+
+
 def resolved_recipe(args, name: str | None = None, template_check: bool = True) -> ResolvedRecipe:
-    """The recipe the command names (`args.recipe`, or `name`), loaded and resolved for this machine."""
-    return resolve(loaded_recipe(args, name), template_check=template_check)
+    """The recipe the command names (`args.recipe`, or `name`), loaded and resolved for this machine, or for
+    the GPU profile `--gpu` names."""
+    return resolve(loaded_recipe(args, name), h=target_machine(args), template_check=template_check)

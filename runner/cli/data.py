@@ -1,7 +1,6 @@
 """`tunebook data check RECIPE` and `tunebook data preview RECIPE [-n N] [--stage NAME]`."""
 from __future__ import annotations
 
-import os
 import sys
 
 from runner.cli.common import resolved_recipe
@@ -12,8 +11,7 @@ from runner.data.preview import build_preview, render
 
 
 def _resolve(args):
-    """The recipe, resolved with HF_HUB_OFFLINE=1 unless it is set: a tokenizer comes from the local cache."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    """The recipe, resolved (tokenizers come from the local cache only: runner.data.tokens)."""
     return resolved_recipe(args)
 
 

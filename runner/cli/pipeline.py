@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import os
 
+from runner import hub
 from runner.cli.common import resolved_recipe
 from runner.data import prepare as dataprep
 from runner.errors import TunebookError
 from runner.evaluate import forgetting
 from runner.models import DEFAULT_MODEL_DIR, prepare_default_model
 from runner.pipeline.run import Pipeline
-from runner.plan.fit import check_fits_preset
+from runner.plan.fit import check_fits_preset, refuse_unfit
 from runner.recipe.load import TRAIN_KINDS
 from runner.train.config_check import check_resolved
 
@@ -30,10 +31,12 @@ def cmd_validate(args) -> int:
             + "\n".join(f"  stage {s}: {p}" for s, p in problems),
             fix="Fix the key in the recipe's `axolotl:` block (or the training setting it comes from); "
                 "`tunebook resolve` shows where each key came from.")
+    # On a GPU (this one, or the --gpu profile) every stage is checked against it; on a CPU the first training
+    # stage against the preset's GPU, as a warning (this machine is not where it will train).
+    warnings = refuse_unfit(res) if res.hardware.cuda else [w for w in [check_fits_preset(res)] if w]
     for note in res.notes:
         print(f"note: {note}")
-    warning = check_fits_preset(res)
-    if warning:
+    for warning in warnings:
         print(f"warning: {warning}")
     stages = ", ".join(s.name for s in res.stages)
     print(f"{res.recipe.path.relative_to(res.recipe.root)}: OK ({len(res.stages)} stages: {stages}; "
@@ -47,6 +50,11 @@ def cmd_resolve(args) -> int:
     from rich.table import Table
 
     res = resolved_recipe(args)
+    if args.requirements:
+        # The tunebook extras the resolved stages need and this environment lacks (`make train` installs them).
+        for extra in missing_extras(res):
+            print(extra)
+        return 0
     stages = [s for s in res.stages if s.config is not None and (not args.stage or s.name == args.stage)]
     if args.json:
         print(json.dumps({s.name: {"config": s.config, "sources": {k: v[0] for k, v in s.sources.items()}}
@@ -73,8 +81,27 @@ def cmd_resolve(args) -> int:
     return 0
 
 
+def missing_extras(res) -> list[str]:
+    """pyproject extras the recipe's stages need here but are not installed: `deepspeed` when a stage trains
+    with DeepSpeed on this machine (a CPU drops it: runner.recipe.resolve.adapt_to_hardware)."""
+    import importlib.util
+
+    uses_deepspeed = any(s.config and s.config.get("deepspeed") for s in res.stages)
+    return ["deepspeed"] if uses_deepspeed and importlib.util.find_spec("deepspeed") is None else []
+
+
 def cmd_train(args) -> int:
     res = resolved_recipe(args)
+    if res.hardware.cuda:  # before any download or training: a stage that cannot fit this GPU is refused
+        refuse_unfit(res)
+    if hub.hub_models(res.recipe):
+        # Download first, then resolve again: with the tokenizer here, the derived rules see the data's token
+        # lengths, so this run and every later one (from the cache) resolve the same config.
+        hub.fetch_recipe_models(res.recipe)
+        res = resolved_recipe(args)
+    if res.hardware.cuda:
+        for warning in refuse_unfit(res):
+            print(f"warning: {warning}")
     result = Pipeline(res, force=set(args.force or ()), until=args.until, quiet=args.quiet).run()
     print_outputs(res)
     return 0 if result is not None else 1
@@ -121,10 +148,21 @@ def register(sub) -> None:
         sp.set_defaults(func=func)
         return sp
 
-    recipe_cmd("validate", cmd_validate, "check a recipe: schema, files, preset, stage order, Axolotl's own checks")
+    def gpu_args(sp):
+        g = sp.add_argument_group("for another machine (instead of this one)")
+        g.add_argument("--gpu", metavar="ID", help="a GPU profile from recipes/presets/gpus.yaml (t4, l4, a10g, "
+                                                    "a100-40, a100-80, h100, h200, ...): resolve and check as there")
+        g.add_argument("--gpus", type=int, metavar="N", help="GPUs per node with --gpu (default 1)")
+        g.add_argument("--nodes", type=int, metavar="N", help="nodes with --gpu (default 1)")
+
+    gpu_args(recipe_cmd("validate", cmd_validate,
+                        "check a recipe: schema, files, preset, stage order, Axolotl's own checks"))
     sp = recipe_cmd("resolve", cmd_resolve, "print each stage's final Axolotl config and where every key came from")
     sp.add_argument("--stage")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--requirements", action="store_true",
+                    help="print the tunebook extras (e.g. deepspeed) the stages need and this venv lacks")
+    gpu_args(sp)
     sp = recipe_cmd("train", cmd_train, "run the recipe's stages (only those whose inputs changed)")
     sp.add_argument("--force", action="append", metavar="STAGE", help="re-run this stage even if up to date")
     sp.add_argument("--until", metavar="STAGE", help="stop after this stage")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,10 +87,9 @@ def _token_stats(res, name: str, bc: BlockCheck, stage, reporter: Reporter, cach
         return {"skipped": "no training stage uses this block"}
     key = (str(tstage.config.get("base_model")), str(tstage.config.get("chat_template_jinja")))
     if key not in cache:
-        # The tokenizer is read with local_files_only; HF_HUB_OFFLINE is still set here, as it always was,
-        # because the Axolotl processes the pipeline starts next inherit it (TODO: let the pipeline's child
-        # environment say so instead of this side effect).
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        # The tokenizer is read with local_files_only (runner.data.tokens): nothing is downloaded here, and the
+        # process environment is left alone, so the Axolotl processes the pipeline starts next can download a
+        # hub model (HF_HUB_OFFLINE set here would reach them through runner.train.axolotl.child_env).
         cache[key] = toklen.load_tokenizer(res, tstage)
     info, note = cache[key]
     if info is None:

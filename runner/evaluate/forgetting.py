@@ -20,8 +20,10 @@ import yaml
 
 from runner.console import say
 from runner.errors import TunebookError
-from runner.evaluate.generate import ModelSpec, set_threads
+from runner.evaluate.generate import ModelSpec, load_model, set_threads
+from runner.hardware import detect as detect_hardware
 from runner.recipe.load import PACKAGE_ROOT
+from runner.tokenizer import load_tokenizer as load_shared_tokenizer
 
 PREFERRED_METRICS = ("acc,none", "exact_match,strict-match", "exact_match,flexible-extract", "exact_match,none",
                      "acc_norm,none", "f1,none", "mcc,none")
@@ -221,8 +223,8 @@ def check_tasks(rec) -> None:
 def _device_dtype():
     import torch
 
-    if torch.cuda.is_available():
-        return "cuda", ("bfloat16" if torch.cuda.is_bf16_supported() else "float16")
+    if torch.cuda.is_available():  # bf16 from compute capability 8.0 (runner.hardware), not emulated bf16
+        return "cuda", ("bfloat16" if detect_hardware().bf16 else "float16")
     return "cpu", "float32"
 
 
@@ -238,8 +240,14 @@ def evaluate_model(spec: ModelSpec, session: TaskSession, limit: int | float | N
     sink = io.StringIO()
     redirect = contextlib.redirect_stderr(sink) if quiet else contextlib.nullcontext()
     with redirect:
-        lm = HFLM(pretrained=spec.path, peft=spec.adapter, tokenizer=spec.tokenizer_path(), device=device,
-                  dtype=dtype, batch_size=batch_size)
+        if spec.load_in_4bit and device == "cuda":
+            # lm-eval cannot quantize on load; it takes a loaded model: the same 4-bit one the answers used
+            model, _ = load_model(spec)
+            lm = HFLM(pretrained=model, tokenizer=load_shared_tokenizer(spec.tokenizer_path(), private=True),
+                      batch_size=batch_size)
+        else:
+            lm = HFLM(pretrained=spec.path, peft=spec.adapter, tokenizer=spec.tokenizer_path(), device=device,
+                      dtype=dtype, batch_size=batch_size)
     out = {}
     try:
         for task in session.tasks:

@@ -18,6 +18,7 @@ from runner.chat_template import end_of_turn_token
 from runner.console import say
 from runner.errors import TunebookError
 from runner.hardware import cpu_cores
+from runner.hardware import detect as detect_hardware
 from runner.tokenizer import load_tokenizer as load_shared_tokenizer
 
 
@@ -29,6 +30,9 @@ class ModelSpec:
     adapter: str | None = None
     tokenizer: str | None = None  # where to load the tokenizer from (default: adapter folder if it has one, else path)
     label: str = "model"
+    # Load the weights in 4 bits (NF4) on a GPU, as a QLoRA stage trained them: a 7-8B model in 16 bits does not
+    # fit the T4 that qlora-t4 trained it on. Ignored on a CPU (bitsandbytes' 4-bit path is for CUDA).
+    load_in_4bit: bool = False
 
     def tokenizer_path(self) -> str:
         if self.tokenizer:
@@ -112,17 +116,25 @@ def render_prompts(tok, conversations: list[list[dict]], template: str | None) -
 
 
 def load_model(spec: ModelSpec):
-    """The model in eval mode on the best device: bf16/fp16 on a GPU, fp32 on a CPU."""
+    """The model in eval mode on the best device: bf16 on a GPU with bf16 (compute capability 8.0+), fp16 on
+    older ones, 4-bit NF4 weights when the spec says so (QLoRA), fp32 on a CPU."""
     import torch
     from transformers import AutoModelForCausalLM
 
+    kwargs = {}
     if torch.cuda.is_available():
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if detect_hardware().bf16 else torch.float16
         device = "cuda"
+        if spec.load_in_4bit:
+            from transformers import BitsAndBytesConfig
+
+            kwargs = {"quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype), "device_map": {"": 0}}
     else:
         dtype, device = torch.float32, "cpu"
     try:
-        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(spec.path, dtype=dtype, **kwargs)
     except OSError as exc:
         raise TunebookError(f"cannot load the model {spec.path}: {exc}", exit_code=1,
                             fix="Check that the model folder exists and is complete (offline: hub models must "
@@ -131,7 +143,8 @@ def load_model(spec: ModelSpec):
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, spec.adapter)
-    model.to(device)
+    if not kwargs:  # a quantized model is placed by device_map and cannot be moved
+        model.to(device)
     model.eval()
     return model, device
 
@@ -186,6 +199,8 @@ def generate_vllm(spec: ModelSpec, conversations: list[list[dict]], template: st
     prompts = render_prompts(tok, conversations, template)
     kwargs = {"model": spec.path, "tokenizer": spec.tokenizer_path(), "dtype": "auto",
               "gpu_memory_utilization": float(os.environ.get("TUNEBOOK_VLLM_GPU_MEMORY", "0.85"))}
+    if spec.load_in_4bit:  # as the QLoRA stage trained it: bitsandbytes 4-bit, quantized on load
+        kwargs["quantization"] = "bitsandbytes"
     lora = None
     if spec.adapter:
         from vllm.lora.request import LoRARequest  # type: ignore

@@ -140,10 +140,11 @@ def tuned_spec(res, stage) -> ModelSpec:
             f"(or `tunebook train {res.recipe.name}`) first")
     if model.adapter is not None and not (model.adapter / "adapter_config.json").is_file():
         raise TunebookError(f"no trained adapter in {model.adapter}", fix=hint)
+    four_bit = bool(up.config.get("load_in_4bit"))  # evaluate in the bits it trained in (runner.evaluate.generate)
     if model.merged is not None and has_model(model.merged):
-        return ModelSpec(str(model.merged), label="fine-tuned")
+        return ModelSpec(str(model.merged), label="fine-tuned", load_in_4bit=four_bit)
     if model.adapter is not None:
-        return ModelSpec(model.base, adapter=str(model.adapter), label="fine-tuned")
+        return ModelSpec(model.base, adapter=str(model.adapter), label="fine-tuned", load_in_4bit=four_bit)
     raise TunebookError(f"no trained model in {up.output_dir}", fix=hint)
 
 
@@ -153,7 +154,7 @@ def base_spec(res) -> ModelSpec:
     base = first.config["base_model"] if first else res.data["base_model"]
     if looks_like_path(str(base)):
         base = str(res.recipe.resolve_path(str(base)))
-    return ModelSpec(str(base), label="base")
+    return ModelSpec(str(base), label="base", load_in_4bit=bool(first and first.config.get("load_in_4bit")))
 
 
 def training_config(res, stage) -> dict:
@@ -256,7 +257,8 @@ def forgetting_check(session, settings, base: ModelSpec, tuned: ModelSpec, cache
     task_hash = sha256_json({d.name: sha256_tree(d) for d in session.tmp.iterdir()} | {
         "data": _referenced_data_hash(session.tmp)})
     batch = settings["batch_size"]
-    key = sha256_json({"model": model_fingerprint(base.path), "tasks": tasks, "limit": limit,
+    key = sha256_json({"model": model_fingerprint(base.path), **({"4bit": True} if base.load_in_4bit else {}),
+                       "tasks": tasks, "limit": limit,
                        "task_files": task_hash, "device": _device(), "versions": _versions(), "batch": batch})
     cache = cache_dir / "base_forgetting.json"
     base_scores = _cache_get(cache, key)
@@ -371,7 +373,8 @@ def base_answers(setup: EvalSetup, backend: str, cache_dir: Path, quiet: bool) -
     settings, rows = setup.settings, setup.rows
     if not (settings["compare_base"] and rows):
         return None
-    key = sha256_json({"model": model_fingerprint(setup.base.path), "held_out": sha256_file(setup.held_path),
+    key = sha256_json({"model": model_fingerprint(setup.base.path),
+                       **({"4bit": True} if setup.base.load_in_4bit else {}), "held_out": sha256_file(setup.held_path),
                        "limit": settings.get("limit"), "max_new_tokens": settings["max_new_tokens"],
                        "batch_size": settings["batch_size"], "template": setup.effective_template,
                        "backend": backend, "device": _device(), "versions": _versions()})

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from runner.errors import TunebookError
+from runner.hardware import ampere_or_newer
 from runner.recipe.load import PACKAGE_ROOT
 
 GIB = 1024 ** 3
@@ -455,6 +456,24 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
     return MemoryEstimate(breakdown={k: int(v) for k, v in breakdown.items()}, peak_phase=phase, notes=notes)
 
 
+CUDA_WORKSPACE_BYTES = int(0.5 * GIB)  # cuBLAS workspace and kernels' scratch space while generating (assumption)
+
+
+def estimate_inference(shape: ModelShape, setup: TrainSetup, batch: int, tokens: int) -> MemoryEstimate:
+    """Peak allocated bytes on one GPU while the eval stage generates: the weights as the training stage held
+    them (4-bit NF4 for QLoRA, else 16-bit; runner.evaluate.generate loads them so), the LoRA adapter in
+    16-bit, the KV cache of `batch` sequences of `tokens` (prompt plus new tokens), the last position's
+    logits in fp32, and a workspace. The whole model sits on GPU 0: generation does not shard it."""
+    b16 = DTYPE_BYTES[setup.dtype] if setup.dtype != "fp32" else 2
+    weights, how = _weights(shape, replace(setup, dtype="bf16" if setup.dtype == "fp32" else setup.dtype))
+    lora = shape.lora_params(setup.lora_r, setup.lora_targets) * b16 if setup.method != "full" else 0
+    kv = 2 * shape.layers * shape.kv_dim * b16 * batch * tokens
+    logits = batch * shape.vocab * 4
+    return MemoryEstimate({"weights": weights, "lora_params": lora, "kv_cache": kv, "logits": logits,
+                           "overhead": CUDA_WORKSPACE_BYTES}, "generation",
+                          [f"weights {how}; KV cache for {batch} x {tokens} tokens"])
+
+
 def verdict(total_gib: float, gpu_mem_gib: float) -> str:
     """'fits' below 85% of usable memory, 'tight' up to 100%, else 'does not fit'."""
     share = total_gib / gpu_mem_gib
@@ -471,7 +490,11 @@ class GPU:
     memory_gib: float           # usable: what PyTorch can allocate (total minus the CUDA context)
     tflops: float = 0.0         # dense 16-bit tensor TFLOP/s from the spec sheet (fp16 where no bf16)
     mfu: float = 0.0            # assumed model FLOPs utilisation for LoRA training
-    bf16: bool = True
+    compute_capability: str | None = None  # "8.0"; None for a preset's own GPU (then taken as Ampere or newer)
+
+    @property
+    def bf16(self) -> bool:
+        return self.compute_capability is None or ampere_or_newer(self.compute_capability)
 
 
 def load_gpus() -> dict[str, GPU]:
@@ -479,7 +502,7 @@ def load_gpus() -> dict[str, GPU]:
     out = {}
     for gid, g in _table("gpus.yaml")["gpus"].items():
         out[gid] = GPU(id=gid, name=g["name"], memory_gib=float(g["memory_gib"]), tflops=float(g["tflops_16bit"]),
-                       mfu=float(g["mfu_lora"]), bf16=bool(g.get("bf16", True)))
+                       mfu=float(g["mfu_lora"]), compute_capability=str(g["compute_capability"]))
     return out
 
 

@@ -1,6 +1,9 @@
-"""The check `tunebook validate` runs: will the recipe's first training stage fit its preset's GPU?"""
+"""Will the recipe fit the GPU? The checks `tunebook validate` (and `train` on a GPU) run before anything is
+downloaded or rented: every stage (each training stage, the eval stage's generation, the merge) against the GPU
+it runs on, and, on a CPU, the first training stage against its preset's GPU."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import TunebookError
@@ -35,3 +38,94 @@ def check_fits_preset(resolved) -> str | None:
     return (f"stage '{stage.name}' needs about {est.peak_allocated_gib:.1f} GiB per GPU: {fit} the "
             f"{gpu.get('name', gpu.get('id'))} ({memory:.0f} GiB usable); `tunebook plan {rec.name}` says what "
             "to change")
+
+
+@dataclass(frozen=True)
+class StageFit:
+    """One stage's memory on one GPU: what it needs, the verdict (runner.plan.estimate.verdict) and the fix."""
+
+    stage: str
+    kind: str
+    needs_gib: float
+    memory_gib: float
+    verdict: str            # fits | tight | does not fit
+    detail: str
+    fixes: tuple[str, ...] = ()
+
+
+def stage_fits(res) -> list[StageFit]:
+    """Every stage of a recipe resolved for a GPU machine (res.hardware: detected, or a --gpu profile), checked
+    against one GPU's memory. Empty on a CPU or when the model's shape is unknown here (offline, not cached)."""
+    from runner.evaluate.stage import eval_settings
+    from runner.recipe.load import TRAIN_KINDS
+    from runner.recipe.shipped import training_stages
+
+    h = res.hardware
+    if not h.cuda or not h.gpu_memory_gib:
+        return []
+    root = Path(res.recipe.root)
+    world = max(1, h.gpu_count) * max(1, h.nodes)
+    gpu = next((g for g in P.load_gpus().values() if g.name == h.gpu_name), None) or P.GPU(
+        id="this", name=h.gpu_name or "GPU", memory_gib=float(h.gpu_memory_gib))
+    trains = training_stages(res)
+    if not trains:
+        return []
+    try:  # every stage has the first one's architecture (later stages train from its merged copy)
+        shape = P.load_model_shape(str(trains[0].config.get("base_model")), root)
+    except TunebookError:
+        return []
+    out: list[StageFit] = []
+    for st in res.stages:
+        if st.kind in TRAIN_KINDS and st.config:
+            setup = P.TrainSetup.from_axolotl_config(st.config, root, n_gpus=world)
+            est = P.estimate_memory(shape, setup)
+            v = P.verdict(est.peak_allocated_gib, gpu.memory_gib)
+            out.append(StageFit(st.name, st.kind, est.peak_allocated_gib, gpu.memory_gib, v,
+                                f"training ({setup.method}, micro batch {setup.micro_batch} x {setup.seq_len} tokens)",
+                                tuple(P.advice(shape, setup, gpu)) if v != "fits" else ()))
+        elif st.kind == "eval":
+            before = training_stages(res, before=st.index)
+            if not before:
+                continue
+            up = before[-1]
+            settings = eval_settings(res)
+            setup = P.TrainSetup.from_axolotl_config(up.config, root)
+            tokens = setup.seq_len + int(settings["max_new_tokens"])
+            batch = int(settings["batch_size"])
+            est = P.estimate_inference(shape, setup, batch, tokens)
+            v = P.verdict(est.peak_allocated_gib, gpu.memory_gib)
+            fixes = []
+            if v != "fits":
+                weights = est.breakdown["weights"] / P.GIB
+                if batch > 1:
+                    fixes.append(f"eval: batch_size: 1 in the recipe (the KV cache of {batch} answers is "
+                                 f"{est.breakdown['kv_cache'] / P.GIB:.1f} GiB)")
+                if setup.method != "qlora":
+                    fixes.append("the qlora preset: its eval loads the weights in 4 bits as it trained them")
+                bigger = next((g for g in P.load_gpus().values() if g.memory_gib > gpu.memory_gib
+                               and P.verdict(est.peak_allocated_gib, g.memory_gib) == "fits"), None)
+                fixes.append(f"a bigger GPU: {bigger.name} ({bigger.memory_gib:.0f} GiB)" if bigger else
+                             f"a smaller model ({weights:.1f} GiB of weights alone)")
+            out.append(StageFit(st.name, st.kind, est.peak_allocated_gib, gpu.memory_gib, v,
+                                f"generation on one GPU ({est.notes[0]})", tuple(fixes)))
+        elif st.kind == "merge":
+            # Axolotl's merge-lora (memory-efficient, the default) merges shard by shard on the CPU.
+            out.append(StageFit(st.name, st.kind, 0.0, gpu.memory_gib, "fits",
+                                "merge-lora works shard by shard on the CPU: no GPU memory, about two shards of RAM"))
+    return out
+
+
+def refuse_unfit(res) -> list[str]:
+    """Raise a TunebookError naming the first stage that does not fit, its memory and the fixes; return a
+    warning line for each stage that is tight."""
+    fits = stage_fits(res)
+    bad = next((f for f in fits if f.verdict == "does not fit"), None)
+    if bad:
+        h = res.hardware
+        raise TunebookError(
+            f"stage '{bad.stage}' ({bad.kind}) needs about {bad.needs_gib:.1f} GiB per GPU for {bad.detail}, "
+            f"more than the {h.gpu_name} has ({bad.memory_gib:.1f} GiB usable); nothing was downloaded or started",
+            where=str(res.recipe.path),
+            fix="; or ".join(bad.fixes) or f"`tunebook plan {res.recipe.name}` says what to change.")
+    return [f"stage '{f.stage}' needs about {f.needs_gib:.1f} GiB of {f.memory_gib:.1f} GiB: tight "
+            f"({'; '.join(f.fixes[:1]) or 'it may run out of memory'})" for f in fits if f.verdict == "tight"]

@@ -20,11 +20,12 @@ from runner.recipe.resolve import ResolvedRecipe, ResolvedStage, resolve
 BYTES_PER_TOKEN = 3.6  # JSONL bytes per token: English text plus the JSON keys and quoting (rough)
 
 
-def target_hardware(gpu: P.GPU, count: int) -> Hardware:
+def target_hardware(gpu: P.GPU, count: int, nodes: int = 1) -> Hardware:
     """The machine a plan is for, in runner.hardware's terms, so the recipe resolves as it would there
-    (resolving on this machine would adapt it to the CPU: fp32, no LoRA kernels, no Liger)."""
+    (resolving on this machine would adapt it to the CPU: fp32, no LoRA kernels, no Liger), with the GPU's
+    compute capability so Axolotl's GPU checks run as they would there."""
     return Hardware(cuda=True, gpu_name=gpu.name, gpu_count=count, gpu_memory_gib=gpu.memory_gib, bf16=gpu.bf16,
-                    cpu_cores=cpu_cores(), cpu_name="")
+                    cpu_cores=cpu_cores(), cpu_name="", compute_capability=gpu.compute_capability, nodes=nodes)
 
 
 def preset_gpu(rec: Recipe) -> dict:

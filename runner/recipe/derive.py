@@ -121,10 +121,17 @@ def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=
                 "packing with sdpa attention keeps rows from attending to each other and removes padding")
             total = sum(lengths)
             packs = max(1, math.ceil(total / pack))
-            out["micro_batch_size"], why["micro_batch_size"] = 1, "packed: one long sequence per step and device"
+            out["micro_batch_size"], why["micro_batch_size"] = 1, (
+                "packed: one long sequence per step and device" + (
+                    "; a small fact set keeps it on a GPU too (the derived learning rate was measured with one "
+                    "pack per optimizer step)" if rows < SMALL_DATA_ROWS else ""))
             # A small fact set learns per optimizer step (hr-bot: accumulating 2 packs cost 6.7 points of held-out
             # accuracy at equal compute, docs/quality.md); large sets can afford smoother steps.
             accum = 1 if rows < SMALL_DATA_ROWS or packs < 64 else 2
+            if rows < SMALL_DATA_ROWS:
+                # The measured rule is "one optimizer step per pack at 2e-3": on a GPU too, so a preset's batch
+                # shape (qlora-t4: 2 x 4 = 8 packs a step) must not meet the derived learning rate (resolve).
+                out["_per_pack_steps"] = True
             out["gradient_accumulation_steps"], why["gradient_accumulation_steps"] = accum, (
                 f"{total} tokens per epoch ≈ {packs} packed sequences: "
                 f"{math.ceil(packs / accum)} optimizer steps per epoch"
@@ -132,6 +139,15 @@ def derive_defaults(rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir=
                    else ""))
         else:
             out["sequence_len"], why["sequence_len"] = seq, f"{why_seq}; longer rows are truncated"
+    world = max(1, h.gpu_count) * max(1, getattr(h, "nodes", 1)) if h.cuda else 1
+    if out.get("_per_pack_steps") and world > 1 and method != "full":
+        # Data parallel: each optimizer step takes one pack per GPU, so an epoch has `world` times fewer steps
+        # than the measured rule. The learning rate follows the square-root scaling rule for Adam (Malladi et
+        # al., 2022: lr x sqrt(batch ratio)); not measured here, and said so.
+        lr = float(f"{out['learning_rate'] * math.sqrt(world):.3g}")
+        out["learning_rate"], why["learning_rate"] = lr, (
+            f"{why['learning_rate']}; x sqrt({world}) = {lr:.2g} for {world} GPUs (one pack per GPU per step: "
+            f"{world}x fewer steps per epoch; Adam's square-root scaling rule, not measured on this data)")
     if trains_sft and rows and rows < SMALL_DATA_ROWS and method in ("lora", "qlora"):
         # Measured on the development CPU (docs/quality.md): dropout's random masks are ~11% of a LoRA step.
         # A fact set is meant to be memorised, which dropout regularises against; the validation split and

@@ -175,6 +175,10 @@ def adapt_to_hardware(cfg: Layered, h: hw.Hardware) -> list[str]:
             cfg.set("bf16", False, "hardware", f"{h.gpu_name} has no bf16")
             cfg.set("fp16", True, "hardware", f"{h.gpu_name} has no bf16")
             changes.append("bf16 -> fp16")
+        if cfg.values.get("tf32") is True and not h.tf32:
+            # transformers refuses tf32 below Ampere ("--tf32 requires Ampere or a newer GPU arch")
+            cfg.set("tf32", False, "hardware", f"{h.gpu_name} (sm {h.compute_capability or '?'}) has no TF32")
+            changes.append("tf32 off")
         return changes
     src, why = "hardware", "no CUDA GPU on this machine"
     for key in ("bf16", "fp16", "tf32"):
@@ -270,9 +274,12 @@ def _stage_layers(ctx: _Context, s: Stage, adapted: list[str]) -> Layered:
             cfg.set("deepspeed", preset["deepspeed_path"], f"preset {preset['name']}",
                     (preset.get("why") or {}).get("deepspeed"))
     # Data-driven values (epochs, learning rate, sequence length, packing) beat the preset's generic ones;
-    # the batch shape is the preset's, sized for its GPU, except on a CPU where the data decides it.
+    # the batch shape is the preset's, sized for its GPU, except on a CPU or for a small fact set, where the
+    # data decides it: the derived learning rate was measured with one optimizer step per pack (docs/quality.md),
+    # and the preset's micro batch x accumulation would give that rate several times fewer steps. One pack per
+    # step never needs more memory than the preset's micro batch of full-length sequences.
     skip = {"epochs", "learning_rate"} if s.kind in PREFERENCE_KINDS else set()
-    if preset and h.cuda:
+    if preset and h.cuda and not derived.get("_per_pack_steps"):
         skip |= {k for k in BATCH_KEYS if k in (preset.get("training") or {})}
     _apply_training(cfg, {k: v for k, v in derived.items() if k not in skip}, "derived", ctx.derived_why)
     _apply_training(cfg, rec.data.get("training") or {}, "recipe")
@@ -451,7 +458,7 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
         res.stages.append(rs)
     if adapted:
         where = h.describe() if h.cuda else "no CUDA GPU"
-        res.notes.insert(0, f"adapted the preset to this machine ({where}): {', '.join(adapted)}")
+        res.notes.insert(0, f"adapted the preset to the machine ({where}): {', '.join(adapted)}")
     res.notes = list(dict.fromkeys(res.notes))
     return res
 

@@ -11,8 +11,19 @@ def _loc(err) -> str:
     return ".".join(str(p) for p in err.get("loc", ()) if p not in ("function-after", "function-before"))
 
 
-def check_config(cfg: dict) -> list[str]:
-    """Problems Axolotl finds in one config, as readable lines ('key: message'); empty when valid."""
+def env_capabilities() -> dict:
+    """Axolotl's EnvCapabilities of this environment (the torch version without its +local part)."""
+    import torch
+
+    return {"torch_version": str(torch.__version__).split("+", maxsplit=1)[0]}
+
+
+def check_config(cfg: dict, hardware=None) -> list[str]:
+    """Problems Axolotl finds in one config, as readable lines ('key: message'); empty when valid.
+
+    With a GPU `hardware` (runner.hardware.Hardware: this machine, or a profile from recipes/presets/gpus.yaml)
+    Axolotl validates with that GPU's capabilities, as `axolotl train` does on the machine itself: its bf16,
+    tf32, fp8, compute-capability and multi-GPU checks run. Without one (a CPU), those checks do not exist."""
     from pydantic import ValidationError
 
     from axolotl.utils.config import validate_config
@@ -21,7 +32,11 @@ def check_config(cfg: dict) -> list[str]:
     logging.getLogger("axolotl").setLevel(logging.ERROR)
     try:
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-            validate_config(DictDefault(copy.deepcopy(cfg)))
+            if hardware is not None and hardware.cuda:
+                validate_config(DictDefault(copy.deepcopy(cfg)), capabilities=hardware.axolotl_capabilities(),
+                                env_capabilities=env_capabilities())
+            else:
+                validate_config(DictDefault(copy.deepcopy(cfg)))
     except ValidationError as exc:
         out = []
         for e in exc.errors():
@@ -48,5 +63,5 @@ def check_resolved(res) -> list[tuple[str, str]]:
     problems = []
     for st in res.stages:
         if st.config and st.kind != "merge":
-            problems += [(st.name, p) for p in check_config(st.config)]
+            problems += [(st.name, p) for p in check_config(st.config, res.hardware)]
     return problems

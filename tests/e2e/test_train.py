@@ -27,7 +27,7 @@ def test_qlora_preset_on_cpu(tmp_path, smollm2):
     root = make_project(tmp_path, {"q": QLORA.format(model=smollm2)}, {"data/train.jsonl": data.read_text()})
     r = run_cli("train", "q", "--quiet", cwd=root)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "adapted the preset to this machine (no CUDA GPU): fp16 off, optimizer paged_adamw_8bit -> adamw_torch" in r.stderr
+    assert "adapted the preset to the machine (no CUDA GPU): fp16 off, optimizer paged_adamw_8bit -> adamw_torch" in r.stderr
     cfg = yaml.safe_load((root / "runs/q/sft/axolotl.yaml").read_text())
     assert cfg["adapter"] == "qlora" and cfg["load_in_4bit"] is True
     assert cfg["bnb_config_kwargs"]["bnb_4bit_use_double_quant"] is True

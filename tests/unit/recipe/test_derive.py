@@ -71,7 +71,8 @@ def test_preset_batch_shape_kept_on_gpu_derived_on_cpu(project, smollm2):
     from runner.recipe.resolve import resolve
 
     A100 = Hardware(cuda=True, gpu_name="A100", gpu_count=1, gpu_memory_gib=80, bf16=True, cpu_cores=8, cpu_name="x")
-    root = project({"t": f"base_model: {smollm2}\npreset: lora-a100\ndata: {{train: d.jsonl}}\n"}, {"d.jsonl": _rows(300)})
+    root = project({"t": f"base_model: {smollm2}\npreset: lora-a100\ndata: {{train: d.jsonl}}\n"},
+                   {"d.jsonl": _rows(2500, 20)})  # not a small fact set: the preset's batch shape is sized for its GPU
     gpu = resolve(load_recipe("t", root), A100).stages[0]
     assert gpu.config["micro_batch_size"] == 4 and gpu.sources["micro_batch_size"][0] == "preset lora-a100"
     assert gpu.sources["sequence_len"][0] == "derived" and gpu.config["sequence_len"] < 4096
@@ -124,3 +125,35 @@ def test_every_epoch_checkpoint_is_kept_for_the_best_epoch_choice(project, smoll
     # Axolotl replaces an unset limit with 4, which would delete the early epochs before the choice.
     assert st.config["save_strategy"] == "epoch" and st.config["save_total_limit"] == keep
     assert st.config["test_datasets"][0]["path"].endswith("validation.jsonl")
+
+
+@pytest.mark.parametrize("gpu,count", [("t4", 1), ("a10g", 1), ("a100-80", 1), ("h100", 1)])
+def test_small_fact_set_keeps_the_measured_steps_per_epoch_on_every_gpu(project, smollm2, gpu, count):
+    """The measured rule (docs/quality.md: one optimizer step per pack at 2e-3) holds on a GPU too: the preset's
+    micro batch 2 x accumulation 4 must not meet the derived learning rate (8x fewer steps, another training)."""
+    from runner.plan import estimate as P
+    from runner.plan.target import target_hardware
+    from runner.recipe.resolve import resolve
+
+    root = project({"t": f"base_model: {smollm2}\npreset: qlora-t4\ndata: {{train: d.jsonl}}\n"},
+                   {"d.jsonl": _rows(300, 40)})
+    rec = load_recipe("t", root)
+    on_cpu = resolve(rec, CPU).stages[0].config
+    st = resolve(rec, target_hardware(P.gpu_by_id(gpu), count)).stages[0]
+    c = st.config
+    assert (c["micro_batch_size"], c["gradient_accumulation_steps"]) == (1, 1)
+    assert st.sources["micro_batch_size"][0] == "derived" and "on a GPU too" in st.sources["micro_batch_size"][1]
+    assert c["learning_rate"] == on_cpu["learning_rate"] == 2.0e-3
+    assert (c["sequence_len"], c["sample_packing"]) == (on_cpu["sequence_len"], True)  # same packs, same steps
+
+
+def test_small_fact_set_on_several_gpus_scales_the_learning_rate_by_the_square_root(project, smollm2):
+    from runner.plan import estimate as P
+    from runner.plan.target import target_hardware
+    from runner.recipe.resolve import resolve
+
+    root = project({"t": f"base_model: {smollm2}\npreset: lora-h100\ndata: {{train: d.jsonl}}\n"},
+                   {"d.jsonl": _rows(300, 40)})
+    st = resolve(load_recipe("t", root), target_hardware(P.gpu_by_id("h100"), 4)).stages[0]
+    assert st.config["learning_rate"] == pytest.approx(4.0e-3)  # 2e-3 x sqrt(4 GPUs)
+    assert "sqrt(4)" in st.sources["learning_rate"][1] and "not measured" in st.sources["learning_rate"][1]

@@ -69,7 +69,7 @@ def test_cpu_adaptation(project):
         assert sft.config[k] is False
     assert sft.config["load_in_4bit"] is True  # bitsandbytes 4-bit runs on CPU
     assert sft.config["bnb_config_kwargs"]["bnb_4bit_compute_dtype"] == "float32"
-    assert any("adapted the preset to this machine" in n and "paged_adamw_8bit -> adamw_torch" in n for n in res.notes)
+    assert any("adapted the preset to the machine" in n and "paged_adamw_8bit -> adamw_torch" in n for n in res.notes)
 
 
 def test_full_ft_multigpu_deepspeed(project, repo_root):
@@ -141,3 +141,34 @@ def test_checkpoint_interval(project):
     assert auto.config["save_steps"] == 4 and auto.config["auto_resume_from_checkpoints"] is True
     default = _res(project, BASE.format(preset="lora-a100"), A100).stages[0]
     assert default.config["saves_per_epoch"] == 2
+
+
+def test_tf32_is_turned_off_on_a_gpu_without_it_and_axolotl_accepts_the_result(project):
+    """lora-a100, lora-h100, qlora-h100 and full-ft-multigpu ask for tf32, which transformers refuses before
+    Ampere: on a T4 (sm 7.5) tunebook turns it off, with the reason, instead of crashing the training."""
+    from runner.plan import estimate as P
+    from runner.plan.target import target_hardware
+
+    t4 = target_hardware(P.gpu_by_id("t4"), 1)
+    for preset in ("lora-a100", "lora-h100", "qlora-h100"):
+        res = _res(project, BASE.format(preset=preset), t4)
+        sft = res.stages[0]
+        assert sft.config["tf32"] is False and sft.sources["tf32"][0] == "hardware", preset
+        assert "no TF32" in sft.sources["tf32"][1] and "7.5" in sft.sources["tf32"][1]
+        assert sft.config["fp16"] is True and sft.config["bf16"] is False
+        assert any("tf32 off" in n for n in res.notes)
+        assert check_config(sft.config, t4) == []
+    a100 = _res(project, BASE.format(preset="lora-a100"), target_hardware(P.gpu_by_id("a100-80"), 1)).stages[0]
+    assert a100.config["tf32"] is True and a100.config["bf16"] is True
+
+
+def test_axolotl_validates_with_the_gpus_capabilities(project):
+    """With a GPU profile, Axolotl's own GPU checks run (without capabilities they never do): fp8 needs sm 9.0."""
+    from runner.plan import estimate as P
+    from runner.plan.target import target_hardware
+
+    text = BASE.format(preset="lora-h100") + "axolotl: {fp8: true}\n"
+    a100 = target_hardware(P.gpu_by_id("a100-80"), 1)
+    sft = _res(project, text, a100).stages[0]
+    assert any("fp8" in p for p in check_config(sft.config, a100))
+    assert check_config(sft.config) == []  # what validation without capabilities (the old check) saw
