@@ -48,6 +48,7 @@ def model_page(repo_id: str) -> str:
 def fetch_model(repo_id: str, where: str | None = None, revision: str | None = None) -> Path:
     """The local snapshot folder of a hub model, downloaded into the Hugging Face cache unless it is there
     (offline: the cache only). A TunebookError naming the model page and the fix when it cannot be had."""
+    import httpx
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
@@ -80,7 +81,12 @@ def fetch_model(repo_id: str, where: str | None = None, revision: str | None = N
     except RevisionNotFoundError:
         raise TunebookError(f"the model {repo_id} has no revision {revision!r}", where=where,
                             fix=f"Pick a branch, tag or commit listed on {page}/tree/main.") from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError as exc:
+        if not cache_only:  # huggingface_hub's answer when the endpoint cannot be reached and nothing is cached
+            first = str(exc).splitlines()[0][:160]
+            raise TunebookError(f"cannot download {repo_id}: {endpoint()} did not answer ({first})",
+                                where=where, fix=f"Check the network (or HF_ENDPOINT); with the model already "
+                                                 "cached, HF_HUB_OFFLINE=1 works without a network.") from None
         raise TunebookError(
             f"the model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it",
             where=where, fix="Unset HF_HUB_OFFLINE for one run (it downloads the model once), or copy a cache "
@@ -94,7 +100,7 @@ def fetch_model(repo_id: str, where: str | None = None, revision: str | None = N
         raise TunebookError(f"downloading {repo_id} from {endpoint()} failed (HTTP {status}): "
                             f"{str(exc).splitlines()[0][:200]}", where=where,
                             fix="Retry; if it persists, check the hub's status or HF_ENDPOINT.") from None
-    except OSError as exc:  # connection refused, DNS, timeouts (requests/httpx errors are OSErrors), full disk
+    except (OSError, httpx.HTTPError) as exc:  # connection refused, DNS, timeouts (httpx), a full disk (OSError)
         raise TunebookError(f"cannot download {repo_id} from {endpoint()}: {type(exc).__name__}: "
                             f"{str(exc)[:200]}", where=where,
                             fix=f"Check the network (or HF_ENDPOINT) and free disk space in {_cache_dir()}; "

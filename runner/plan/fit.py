@@ -126,6 +126,8 @@ def refuse_unfit(res) -> list[str]:
             f"stage '{bad.stage}' ({bad.kind}) needs about {bad.needs_gib:.1f} GiB per GPU for {bad.detail}, "
             f"more than the {h.gpu_name} has ({bad.memory_gib:.1f} GiB usable); nothing was downloaded or started",
             where=str(res.recipe.path),
-            fix="; or ".join(bad.fixes) or f"`tunebook plan {res.recipe.name}` says what to change.")
+            fix=(("Each step on top of the one before, until it fits: " + "; then ".join(bad.fixes) + ".")
+                 if bad.kind != "eval" else "; or ".join(bad.fixes) + ".") if bad.fixes
+            else f"`tunebook plan {res.recipe.name}` says what to change.")
     return [f"stage '{f.stage}' needs about {f.needs_gib:.1f} GiB of {f.memory_gib:.1f} GiB: tight "
             f"({'; '.join(f.fixes[:1]) or 'it may run out of memory'})" for f in fits if f.verdict == "tight"]
