@@ -7,10 +7,11 @@ for a path instead of spelling `"merged"` or `"metrics.json"` itself, so moving 
     runs/<recipe>/
       tunebook.lock  .tunebook-run.lock  manifest.json  report.md  plots/
       data/<block>/{train,validation,held_out}.jsonl   data/report.json
-      <stage>/ axolotl.yaml merge.yaml train.log inputs.hash best_epoch.json
+      <stage>/ axolotl.yaml merge.yaml mergekit.yaml train.log inputs.hash best_epoch.json
                output/ (adapter or model, checkpoints)  merged/  prepared/
-               metrics.json predictions.jsonl (eval stages)
+               metrics.json predictions.jsonl serve-eval.json (eval stages)
       eval/ (answer cache)  bench/  launch/  launch.json  export/  source/ (bench --synthetic-rows)
+    runs/_serve/<port>/ (a running `tunebook serve`: runner.ship.serve_state; "_" starts no recipe name)
 """
 from __future__ import annotations
 
@@ -44,8 +45,19 @@ class StageLayout:
 
     @property
     def merge_tmp(self) -> Path:
-        """Where merge-lora writes before the one rename to `merged`."""
+        """Where merge-lora (or mergekit) writes before the one rename to `merged`."""
         return self.dir / ".merged.tmp"
+
+    @property
+    def mergekit_out(self) -> Path:
+        """The model `mergekit-yaml` writes, inside merge_tmp (renamed to `merged` once complete)."""
+        return self.merge_tmp / "model"
+
+    @property
+    def lora_merge_cache(self) -> Path:
+        """mergekit's --lora-merge-cache: sources given as base+adapter merged into whole models, inside merge_tmp
+        (removed with it: each is a whole model's size)."""
+        return self.merge_tmp / "lora-cache"
 
     @property
     def prepared(self) -> Path:
@@ -59,6 +71,11 @@ class StageLayout:
     @property
     def merge_config(self) -> Path:
         return self.dir / "merge.yaml"
+
+    @property
+    def mergekit_config(self) -> Path:
+        """The mergekit YAML of a mergekit stage (the file `mergekit-yaml` runs)."""
+        return self.dir / "mergekit.yaml"
 
     @property
     def log(self) -> Path:
@@ -80,6 +97,11 @@ class StageLayout:
     @property
     def predictions(self) -> Path:
         return self.dir / "predictions.jsonl"
+
+    @property
+    def serve_eval(self) -> Path:
+        """An eval stage's held-out set answered by a served model (`tunebook eval RECIPE --server URL`)."""
+        return self.dir / "serve-eval.json"
 
     def attempt_dirs(self) -> list[Path]:
         """What a fresh start of the stage removes (everything an earlier attempt made from other inputs)."""

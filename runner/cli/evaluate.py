@@ -6,6 +6,7 @@ import os
 
 from runner.cli.common import resolved_recipe
 from runner.errors import TunebookError
+from runner.evaluate.served import eval_served, print_comparison
 from runner.pipeline.report import report_for
 from runner.pipeline.run import Pipeline
 
@@ -28,6 +29,13 @@ def _eval_stage(res, name: str | None):
 def cmd_eval(args) -> int:
     res = resolved_recipe(args)
     st = _eval_stage(res, args.stage)
+    if args.server:
+        result = eval_served(res, st, args.server, args.model)
+        print_comparison(res, result, st.paths.serve_eval)
+        return 0
+    if args.model:
+        raise TunebookError("--model names a served model: it goes with --server URL",
+                            fix=f"`tunebook eval {res.recipe.name} --server http://127.0.0.1:8000 --model NAME`.")
     pipe = Pipeline(res)
     status = {name: (state, why) for name, state, why in pipe.status()}
     up = st.upstream
@@ -81,6 +89,9 @@ def register(sub) -> None:
     sp.add_argument("--stage", help="which eval stage (default: the first)")
     sp.add_argument("--force", action="store_true", help="re-evaluate even if the results are up to date")
     sp.add_argument("--quiet", action="store_true")
+    sp.add_argument("--server", metavar="URL", help="ask a running server (`tunebook serve`) the held-out set instead "
+                                                    "and compare its scores with the eval stage's")
+    sp.add_argument("--model", help="with --server: the served model to ask (default: the recipe's name)")
     sp.set_defaults(func=cmd_eval)
     sp = sub.add_parser("report", help="regenerate runs/<recipe>/report.md and its plots from the logs")
     sp.add_argument("recipe", help="recipe name (a file recipes/<name>.yaml)")

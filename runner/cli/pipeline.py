@@ -114,7 +114,7 @@ def print_outputs(res) -> None:
         if st.kind in TRAIN_KINDS and st.output_dir.exists():
             print(f"{st.name}: adapter at {rel(st.output_dir)}" if st.config.get("adapter")
                   else f"{st.name}: model at {rel(st.output_dir)}")
-        if st.kind == "merge" and st.paths.merged.exists():
+        if st.kind in ("merge", "mergekit") and st.paths.merged.exists():
             print(f"{st.name}: merged model at {rel(st.paths.merged)}")
         if st.kind == "eval" and st.paths.metrics.exists():
             print(f"{st.name}: metrics at {rel(st.paths.metrics)}, report at {rel(res.layout.report)}")

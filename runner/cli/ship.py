@@ -1,4 +1,4 @@
-"""Ship commands: `docker build`, `launch` (through SkyPilot), `serve`, `export`. Each is a thin layer over
+"""Ship commands: `docker build`, `launch` (through SkyPilot), `serve`, `export`, `push`. Each is a thin layer over
 runner.ship.docker / runner.ship.launch / runner.ship.serve / runner.ship.export (docs/deploy.md)."""
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import sys
 
 from runner.cli.common import loaded_recipe, project_root, resolved_recipe
 from runner.errors import TunebookError
-from runner.ship import docker
+from runner.ship import docker, hotswap
 from runner.ship import launch as L
+from runner.ship import gguf_export
 from runner.ship.export import export
+from runner.ship.push import push
 from runner.ship.serve import serve
 
 
@@ -49,14 +51,50 @@ def cmd_launch(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- serve, export
 def cmd_serve(args) -> int:
-    recipes = [resolved_recipe(args, name, template_check=False) for name in args.recipe]
+    if args.add or args.remove:
+        if args.recipe:
+            raise TunebookError("--add/--remove change a running server: name no recipes to start one as well",
+                                fix="`tunebook serve --add RECIPE [--url URL]` or `--remove RECIPE`.")
+        for name in args.remove or []:
+            hotswap.remove(project_root(args), name, args.url)
+        for name in args.add or []:
+            hotswap.add(resolved_recipe(args, name), args.url)
+        return 0
+    if not args.recipe:
+        raise TunebookError("name at least one recipe to serve", fix="`tunebook serve RECIPE [RECIPE ...]`.")
+    if args.url:
+        raise TunebookError("--url names a running server for --add/--remove", fix="Use --host/--port to start one.")
+    # Resolved with the chat-template check, as training and the eval stage resolve them: it sets the template
+    # they used (e.g. the tokenizer's without its default system prompt), which is the one to serve.
+    recipes = [resolved_recipe(args, name) for name in args.recipe]
     return serve(recipes, merged=args.merged, host=args.host, port=args.port, extra=list(args.vllm_args or []),
-                 dry_run=args.dry_run)
+                 dry_run=args.dry_run, start_timeout=args.start_timeout)
 
 
 def cmd_export(args) -> int:
-    path = export(resolved_recipe(args, template_check=False), args.format)
+    if args.quant and args.format not in gguf_export.FORMATS:
+        raise TunebookError(f"--quant is for --format gguf or ollama, not {args.format}",
+                            fix=f"Drop --quant, or pass --format gguf --quant {args.quant}.")
+    # gguf/ollama read the trained chat template off the resolved config, which the template check completes
+    # (e.g. SmolLM2's template without its injected system prompt), as for training and eval.
+    res = resolved_recipe(args, template_check=args.format in gguf_export.FORMATS)
+    quant = args.quant or gguf_export.DEFAULT_QUANT
+    if args.format == "gguf":
+        path = gguf_export.export_gguf(res, quant)
+    elif args.format == "ollama":
+        path = gguf_export.export_ollama(res, quant)
+    else:
+        path = export(res, args.format)
     print(os.path.relpath(path, project_root(args)))
+    return 0
+
+
+def cmd_push(args) -> int:
+    done = push(resolved_recipe(args, template_check=False), args.to, args.format, private=args.private,
+                revision=args.revision)
+    print(f"pushed {done.files} files ({done.size / 1e6:.1f} MB) to {done.url}"
+          + (" (private)" if done.private else ""))
+    print(f"commit {done.commit}: {done.commit_url}")
     return 0
 
 
@@ -101,18 +139,45 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_launch)
 
     s = subparsers.add_parser("serve", help="serve recipes' adapters (or a merged model) with vLLM",
-                              description="Start vLLM's OpenAI-compatible server: one LoRA module per recipe on "
-                                          "their shared base model, or --merged. Extra vLLM flags after --vllm-args.")
-    s.add_argument("recipe", nargs="+")
+                              description="Start vLLM's OpenAI-compatible server (from .venv-serve: `make "
+                                          "serve-venv`) and wait: one LoRA module per recipe on their shared base "
+                                          "model, or --merged; the trained chat template and its end-of-turn stop "
+                                          "token. Ctrl-C stops it. --add/--remove change the adapters of a running "
+                                          "one. Extra vLLM flags after --vllm-args. See docs/deploy.md.")
+    s.add_argument("recipe", nargs="*")
     s.add_argument("--merged", action="store_true", help="serve the merged model (one recipe)")
-    s.add_argument("--host")
-    s.add_argument("--port", type=int)
-    s.add_argument("--dry-run", action="store_true", help="print the vllm command only")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    s.add_argument("--port", type=int, help="port (default 8000; 0: a free one)")
+    s.add_argument("--start-timeout", type=float, default=900.0, metavar="SECONDS",
+                   help="how long to wait for vLLM to answer /health (default 900)")
+    s.add_argument("--add", action="append", metavar="RECIPE",
+                   help="hot-load this recipe's adapter into the running server (repeatable)")
+    s.add_argument("--remove", action="append", metavar="RECIPE", help="unload this adapter from the running server")
+    s.add_argument("--url", help="the running server for --add/--remove (default: the only one this project runs)")
+    s.add_argument("--dry-run", action="store_true", help="print the vLLM command only")
     s.add_argument("--vllm-args", nargs=argparse.REMAINDER, default=[], metavar="ARGS",
-                   help="everything after this is passed to `vllm serve` (e.g. --gpu-memory-utilization 0.8)")
+                   help="everything after this is passed to vLLM's server (e.g. --max-model-len 4096)")
     s.set_defaults(func=cmd_serve)
 
-    e = subparsers.add_parser("export", help="pack the adapter or merged model with a model card (tar.gz)")
+    e = subparsers.add_parser("export", help="pack the adapter or merged model with a model card (tar.gz), or "
+                                             "convert it to GGUF for llama.cpp / Ollama")
     e.add_argument("recipe")
-    e.add_argument("--format", choices=("adapter", "merged"), default="merged")
+    e.add_argument("--format", choices=("adapter", "merged", *gguf_export.FORMATS), default="merged",
+                   help="adapter, merged (tar.gz archives), gguf (runs/<r>/export/<r>-<quant>.gguf), ollama "
+                        "(runs/<r>/export/<r>-ollama/: the GGUF and a Modelfile)")
+    e.add_argument("--quant", choices=gguf_export.QUANTS,
+                   help=f"GGUF quantization for gguf/ollama (default {gguf_export.DEFAULT_QUANT})")
     e.set_defaults(func=cmd_export)
+
+    u = subparsers.add_parser("push", help="upload the adapter or merged model with its model card to the Hugging "
+                                           "Face Hub", description="Upload what `export` packs (the model, README.md "
+                                           "model card, recipe.yaml, tunebook.lock, manifest.json) to a Hub model "
+                                           "repo in one commit, creating the repo if needed. Token: HF_TOKEN or `hf "
+                                           "auth login`; endpoint: HF_ENDPOINT (docs/deploy.md, 'Push to the Hub').")
+    u.add_argument("recipe")
+    u.add_argument("--to", required=True, metavar="USER/NAME", help="the Hub model repo, e.g. your-user/hr-bot")
+    u.add_argument("--format", choices=("adapter", "merged"), default="adapter")
+    u.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                                                          "visibility)")
+    u.add_argument("--revision", metavar="BRANCH", help="push to this branch (created from main if missing)")
+    u.set_defaults(func=cmd_push)

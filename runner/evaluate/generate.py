@@ -115,15 +115,26 @@ def render_prompts(tok, conversations: list[list[dict]], template: str | None) -
             for c in conversations]
 
 
+def inference_dtype() -> str:
+    """The dtype models answer in here: bfloat16 on a GPU with bf16 (compute capability 8.0+), float16 on older
+    ones, float32 on a CPU. The eval stage loads models in it and `tunebook serve` gives it to vLLM (--dtype), so
+    the served model computes as the evaluated one did."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "float32"
+    return "bfloat16" if detect_hardware().bf16 else "float16"
+
+
 def load_model(spec: ModelSpec):
-    """The model in eval mode on the best device: bf16 on a GPU with bf16 (compute capability 8.0+), fp16 on
-    older ones, 4-bit NF4 weights when the spec says so (QLoRA), fp32 on a CPU."""
+    """The model in eval mode on the best device, in inference_dtype(); 4-bit NF4 weights on a GPU when the spec
+    says so (QLoRA)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs = {}
     if torch.cuda.is_available():
-        dtype = torch.bfloat16 if detect_hardware().bf16 else torch.float16
+        dtype = getattr(torch, inference_dtype())
         device = "cuda"
         if spec.load_in_4bit:
             from transformers import BitsAndBytesConfig

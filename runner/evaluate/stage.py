@@ -405,11 +405,18 @@ def model_answers(res, setup: EvalSetup, quiet: bool) -> Answers:
     return Answers(base_preds, tuned_preds, backend, forgetting)
 
 
+def score_model(setup: EvalSetup, preds: list[dict]) -> tuple[list[dict], dict]:
+    """One model's answers (one {text, stopped} per held-out row) scored with the stage's metrics: (per-row
+    scores, their aggregate). The eval stage scores both models with it, `tunebook eval --server` a served one
+    (runner.evaluate.served), so served and evaluated scores are the same computation."""
+    rows = score_rows(setup.rows, preds, setup.settings["metrics"], setup.validator)
+    return rows, mx.aggregate(rows)
+
+
 def score_answers(setup: EvalSetup, ans: Answers) -> Scores:
-    metric_names = setup.settings["metrics"]
-    tuned = score_rows(setup.rows, ans.tuned, metric_names, setup.validator)
-    base = score_rows(setup.rows, ans.base, metric_names, setup.validator) if ans.base is not None else None
-    return Scores(base, tuned, mx.aggregate(base) if base is not None else None, mx.aggregate(tuned))
+    tuned, tuned_agg = score_model(setup, ans.tuned)
+    base, base_agg = score_model(setup, ans.base) if ans.base is not None else (None, None)
+    return Scores(base, tuned, base_agg, tuned_agg)
 
 
 def prediction_rows(rows: list[dict], ans: Answers, sc: Scores) -> list[dict]:

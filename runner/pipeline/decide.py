@@ -28,6 +28,10 @@ def stage_inputs(res: ResolvedRecipe, stage: ResolvedStage, sources: dict,
                  upstream_hashes: dict[str, str | None]) -> StageInputs:
     """Everything `stage`'s result depends on. `sources`: data.prepare.source_hashes(res); `upstream_hashes`:
     the output hash of each stage before it (as just run, or as the lock recorded it)."""
+    if res.merge is not None:  # a merge recipe: its sources' results are its inputs
+        from runner.merge.recipe import merge_stage_inputs
+
+        return merge_stage_inputs(res, stage, upstream_hashes)
     data = {}
     if stage.data_block and stage.data_block in sources and stage.kind != "merge":
         data = {f"{stage.data_block}:{k}": v for k, v in sources[stage.data_block].items()}

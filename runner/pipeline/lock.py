@@ -66,7 +66,7 @@ class StageInputs:
 
 def stage_outputs(stage: ResolvedStage) -> dict[str, Path]:
     """The folders a finished stage leaves behind."""
-    if stage.kind == "merge":
+    if stage.kind in ("merge", "mergekit"):
         return {"merged": stage.paths.merged}
     if stage.kind == "eval":
         return {"eval": stage.run_dir}
@@ -146,7 +146,8 @@ def why_stale(recorded: dict, current: dict) -> list[str]:
     reasons = []
     rin = recorded.get("inputs", {})
     if rin.get("config") != current["config"]:
-        reasons.append("its resolved Axolotl config changed")
+        reasons.append("its mergekit config (the recipe's merge: block) changed" if recorded.get("kind") == "mergekit"
+                       else "its resolved Axolotl config changed")
     for name, h in current["data"].items():
         if rin.get("data", {}).get(name) != h:
             reasons.append(f"data {name} changed")

@@ -229,6 +229,42 @@ def _training_section(name, kind, hist, plots: dict) -> list[str]:
     return lines
 
 
+def _gates_table(gates: list[dict]) -> list[str]:
+    if not gates:
+        return []
+    lines = ["### Gates", "", "| gate | value | required | result |", "|---|---:|---:|---|"]
+    for g in gates:
+        if g.get("kind") == "forgetting":
+            val, req = f"drop {g['value']:.1f}", f"drop ≤ {g['threshold']:g}"
+        else:
+            val, req = _f(g.get("value")), f"≥ {g['threshold']:g}"
+        lines.append(f"| {g['gate']} | {val} | {req} | {'pass' if g['passed'] else '**FAIL**'} |")
+    return lines + [""]
+
+
+def _merge_eval_section(name: str, m: dict) -> list[str]:
+    """A merge recipe's eval (runner.evaluate.sources): per source, its own score, the merged model's, the drop."""
+    st = m.get("settings", {})
+    how = f"t = {m['t']:g}" if m.get("t") is not None else "weights and densities per source below"
+    lines = [f"## Evaluation: {name} (mergekit {m['method']} of {', '.join(m['sources'])})", "",
+             f"Merged model `{m['model']}` ({m['method']}, {how}; base `{m['base_model']}`), scored on each source "
+             "recipe's held-out set with that source's own eval settings and trained chat template. "
+             f"Decoding: {st.get('decoding', 'greedy')}, backend {st.get('backend')} on {st.get('device')}. "
+             "Drop = the source's own score − the merged model's (positive: the merge lost some of it).", "",
+             "| source | weight | density | held-out rows | metric | source alone | merged | drop |",
+             "|---|---:|---:|---:|---|---:|---:|---:|"]
+    for src, e in m["sources"].items():
+        own, drop = e.get("source") or {}, e.get("drop") or {}
+        for k, v in e["merged"].items():
+            lines.append(f"| {src} | {_f(e.get('weight'), 'g')} | {_f(e.get('density'), 'g')} | "
+                         f"{e['held_out']['rows']} | {k} | {_f(own.get(k))} | {_f(v)} | {_f(drop.get(k), '+.3f')} |")
+    lines.append("")
+    missing = [f"{src}: {e['source_missing']}" for src, e in m["sources"].items() if e.get("source_missing")]
+    if missing:
+        lines += ["No source score to compare with for " + "; ".join(missing) + ".", ""]
+    return lines + _gates_table(m.get("gates") or [])
+
+
 def _eval_section(name: str, m: dict, preds: list[dict], plot: str | None) -> list[str]:
     st = m.get("settings", {})
     lines = [f"## Evaluation: {name}", "",
@@ -260,16 +296,7 @@ def _eval_section(name: str, m: dict, preds: list[dict], plot: str | None) -> li
         lines.append("")
     if plot:
         lines += [f"![before/after](plots/{plot})", ""]
-    gates = m.get("gates") or []
-    if gates:
-        lines += ["### Gates", "", "| gate | value | required | result |", "|---|---:|---:|---|"]
-        for g in gates:
-            if g.get("kind") == "forgetting":
-                val, req = f"drop {g['value']:.1f}", f"drop ≤ {g['threshold']:g}"
-            else:
-                val, req = _f(g.get("value")), f"≥ {g['threshold']:g}"
-            lines.append(f"| {g['gate']} | {val} | {req} | {'pass' if g['passed'] else '**FAIL**'} |")
-        lines.append("")
+    lines += _gates_table(m.get("gates") or [])
     changed = biggest_changes(preds)
     if changed:
         lines += [f"### The {len(changed)} held-out examples where the fine-tuned model changed most", "",
@@ -318,11 +345,14 @@ def write_report(run_root: Path, recipe_name: str | None = None, stages: list[tu
                     eval_md += [f"## Evaluation: {name}", "", "Not run yet.", ""]
                     continue
                 m = json.loads(mfile.read_text())
-                preds = _read_jsonl(sl.predictions)
-                plot = f"before_after_{name}.png"
-                if not plot_before_after(m, plots_dir / plot):
-                    plot = None
-                eval_md += _eval_section(name, m, preds, plot)
+                if m.get("kind") == "merge":
+                    eval_md += _merge_eval_section(name, m)
+                else:
+                    preds = _read_jsonl(sl.predictions)
+                    plot = f"before_after_{name}.png"
+                    if not plot_before_after(m, plots_dir / plot):
+                        plot = None
+                    eval_md += _eval_section(name, m, preds, plot)
                 failed = failed_gates(m.get("gates"))
                 if not m.get("gates"):
                     verdict.append(f"- {name}: no gates set (eval.gates); results below.")
@@ -348,5 +378,8 @@ def report_for(res) -> Path:
     info = {"recipe file": f"`{os.path.relpath(rec.path, rec.root)}`"}
     if first:
         info["base model"] = f"`{first.config.get('base_model')}`"
+    if res.merge is not None:
+        info["base model"] = f"`{res.merge.base_model}`"
+        info["merges"] = ", ".join(f"`{s.name}`" for s in res.merge.sources) + f" with mergekit {res.merge.method}"
     info["stages"] = ", ".join(f"{s.name} ({s.kind})" for s in res.stages)
     return write_report(res.run_root, rec.name, [(s.name, s.kind) for s in res.stages], info)

@@ -2,7 +2,8 @@
 only stages whose inputs changed run again, and resume from checkpoints after a crash.
 
 The pipeline orchestrates: runner.pipeline.decide says which stages run (the same decision `status` shows), a
-stage runner runs one stage (runner.train.stage trains or merges, runner.evaluate.stage evaluates), and the
+stage runner runs one stage (runner.train.stage trains or merges, runner.evaluate.stage evaluates; a merge
+recipe's runner.merge.stage merges with mergekit and runner.evaluate.sources scores it), and the
 pipeline records what each made: the lock, the manifest, and the report after an eval stage."""
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ from runner.console import say
 from runner.data import prepare as dataprep
 from runner.errors import TunebookError
 from runner.evaluate.gates import GateFailed
+from runner.evaluate.sources import run_sources_eval
 from runner.evaluate.stage import run_eval_stage
 from runner.fsutil import atomic_write_text
 from runner.pipeline import lock as lk
 from runner.pipeline.decide import Decision, decide, stage_inputs
 from runner.pipeline.manifest import Manifest, read_manifest
 from runner.pipeline.report import report_for
+from runner.merge.stage import run_mergekit_stage
 from runner.recipe.resolve import ResolvedRecipe, ResolvedStage
 from runner.train.stage import run_merge_stage, run_training_stage
 
@@ -62,9 +65,13 @@ def begin_attempt(stage: ResolvedStage, input_hash: str, entry: dict | None = No
 def run_stage(res: ResolvedRecipe, stage: ResolvedStage, input_hash: str, quiet: bool = False) -> dict | None:
     """The default stage runner: one attempt of one stage (its folder readied by begin_attempt). Returns an eval
     stage's metrics (None for the others); a failed eval gate raises GateFailed after the metrics are written."""
+    if stage.kind == "eval" and res.merge is not None:
+        return run_sources_eval(res, stage, quiet=quiet)
     if stage.kind == "eval":
         return run_eval_stage(res, stage, quiet=quiet)
-    if stage.kind == "merge":
+    if stage.kind == "mergekit":
+        run_mergekit_stage(res, stage, quiet)
+    elif stage.kind == "merge":
         run_merge_stage(res, stage, quiet)
     else:
         run_training_stage(res, stage, quiet)

@@ -226,7 +226,9 @@ def known_presets(root: Path) -> list[str]:
 
 def normalise_stages(data: dict) -> list[Stage]:
     # Default: train, check the result on held-out data (a failed gate stops before merge), then merge.
-    raw = data.get("stages") or ["sft", "eval", "merge"]
+    # A merge recipe (runner.merge.recipe) merges other recipes' models with mergekit and scores the result.
+    raw = data.get("stages") or (["mergekit", "eval"] if isinstance(data.get("merge"), dict)
+                                 else ["sft", "eval", "merge"])
     stages = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
@@ -365,6 +367,12 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
     model_problem = _model_problem(rec, base) if isinstance(base, str) and base and looks_like_path(base) else None
     if model_problem:
         add(("base_model",), model_problem)
+
+    from runner.merge import recipe as merge_recipe  # it reads the source recipes with this module's loaders
+
+    merge_recipe.merge_problems(rec, add)
+    if merge_recipe.is_merge_recipe(d):
+        return problems  # no data, training or eval settings of its own: merge_problems checked what it has
 
     blocks = [(("data",), d["data"])] + [
         (("stages", s.index, s.kind, "data"), s.body["data"]) for s in rec.stages if s.body.get("data")]

@@ -102,6 +102,8 @@ class ResolvedRecipe:
     notes: list[str] = field(default_factory=list)
     data_blocks: dict = field(default_factory=dict)
     derived: dict = field(default_factory=dict)
+    # A merge recipe's sources and settings (runner.merge.recipe.MergePlan); None for a recipe that trains.
+    merge: object | None = None
 
     @property
     def data(self) -> dict:
@@ -424,6 +426,10 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
 
     Runs go to <root>/runs/<recipe>/ unless `runs_dir` or $TUNEBOOK_RUNS names another folder."""
     h = h or hw.detect()
+    from runner.merge.recipe import is_merge_recipe, resolve_merge  # it resolves the source recipes with resolve()
+
+    if is_merge_recipe(rec.data):
+        return resolve_merge(rec, h, runs_dir)
     root = rec.root
     defaults = load_defaults(root)
     preset = load_preset(rec.data["preset"], root) if rec.data.get("preset") else None

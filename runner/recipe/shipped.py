@@ -1,5 +1,6 @@
 """What a run ships: the model made by a recipe's last training stage, as a LoRA adapter on its base and/or as a
-whole model (the merge stage's `merged/`, the stage's own `merged/`, or a full fine-tune's output).
+whole model (the merge stage's `merged/`, the stage's own `merged/`, or a full fine-tune's output); a merge
+recipe's is the whole model of its mergekit stage.
 
 Serving, exporting and evaluating all ask this module, so "which folder is the fine-tuned model" is decided once.
 Nothing here checks that training has run; callers say what to do when a folder is missing."""
@@ -77,5 +78,9 @@ def trained_model(res: ResolvedRecipe, stage: ResolvedStage, before: int | None 
 
 
 def shipped_model(res: ResolvedRecipe, before: int | None = None, action: str = "ship") -> TrainedModel:
-    """The model a run ships: what its last training stage (before index `before`) trained."""
+    """The model a run ships: what its last training stage (before index `before`) trained; for a merge recipe
+    (runner.merge.recipe) the whole model its mergekit stage makes."""
+    merges = [s for s in res.stages if s.kind == "mergekit" and (before is None or s.index < before)]
+    if merges:
+        return TrainedModel(merges[-1], str(res.merge.base_model), None, merges[-1].paths.merged)
     return trained_model(res, last_training_stage(res, before, action), before)

@@ -17,6 +17,7 @@ import json
 import os
 import tarfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -154,10 +155,25 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mtime: float) -> No
     tar.addfile(info, io.BytesIO(data))
 
 
-def export(res: ResolvedRecipe, fmt: str) -> Path:
-    """Write runs/<recipe>/export/<recipe>-<fmt>.tar.gz atomically; return its path."""
+@dataclass(frozen=True)
+class Package:
+    """What a run ships in one format, wherever it goes (the export archive, the Hub): the model folder's files
+    and, beside them, the model card and the run's records (name in the package -> file, or bytes for the card)."""
+
+    name: str                       # <recipe>-<format>
+    src: Path                       # the model folder
+    files: list[Path]               # model files, relative to src (model_files)
+    records: dict[str, Path | bytes]  # README.md (the card), recipe.yaml, tunebook.lock, manifest.json
+
+    def items(self) -> list[tuple[str, Path | bytes]]:
+        """(path in the package, file or bytes), the model files first."""
+        return [(rel.as_posix(), self.src / rel) for rel in self.files] + list(self.records.items())
+
+
+def package(res: ResolvedRecipe, fmt: str, action: str = "export") -> Package:
+    """What `export` packs and `push` uploads for format `fmt`; refuses a run that is missing or failed a gate."""
     if fmt not in FORMATS:
-        raise TunebookError(f"unknown export format '{fmt}'", fix=f"Use one of: {', '.join(FORMATS)}.")
+        raise TunebookError(f"unknown {action} format '{fmt}'", fix=f"Use one of: {', '.join(FORMATS)}.")
     name = res.recipe.name
     src, st = model_dir(res, fmt)
     layout = res.layout
@@ -165,19 +181,26 @@ def export(res: ResolvedRecipe, fmt: str) -> Path:
     if not layout.lock.is_file():
         raise TunebookError(f"{os.path.relpath(layout.lock, res.recipe.root)} is missing",
                             fix=f"Run `make train RECIPE={name}` first.")
-    refuse_if_gate_failed(layout.root, name, "export")
+    refuse_if_gate_failed(layout.root, name, action)
     lock = json.loads(layout.lock.read_text())
     card = model_card(res, fmt, st, manifest, lock, eval_results(res))
-    top = f"{name}-{fmt}"
-    dest = layout.export_dir / f"{top}.tar.gz"
+    records: dict[str, Path | bytes] = {"README.md": card.encode(), "recipe.yaml": res.recipe.path,
+                                        "tunebook.lock": layout.lock}
+    if manifest:
+        records["manifest.json"] = layout.manifest
+    return Package(f"{name}-{fmt}", src, model_files(src), records)
+
+
+def export(res: ResolvedRecipe, fmt: str) -> Path:
+    """Write runs/<recipe>/export/<recipe>-<fmt>.tar.gz atomically; return its path."""
+    pkg = package(res, fmt)
+    dest = res.layout.export_dir / f"{pkg.name}.tar.gz"
     now = time.time()
     with atomic_open(dest, "wb") as fh:
         with tarfile.open(fileobj=fh, mode="w:gz", compresslevel=3) as tar:
-            for rel in model_files(src):
-                tar.add(src / rel, arcname=f"{top}/{rel.as_posix()}", recursive=False)
-            _add_bytes(tar, f"{top}/README.md", card.encode(), now)
-            _add_bytes(tar, f"{top}/recipe.yaml", res.recipe.path.read_bytes(), res.recipe.path.stat().st_mtime)
-            _add_bytes(tar, f"{top}/tunebook.lock", layout.lock.read_bytes(), layout.lock.stat().st_mtime)
-            if manifest:
-                _add_bytes(tar, f"{top}/manifest.json", layout.manifest.read_bytes(), now)
+            for rel in pkg.files:
+                tar.add(pkg.src / rel, arcname=f"{pkg.name}/{rel.as_posix()}", recursive=False)
+            for arc, item in pkg.records.items():
+                data, mtime = (item, now) if isinstance(item, bytes) else (item.read_bytes(), item.stat().st_mtime)
+                _add_bytes(tar, f"{pkg.name}/{arc}", data, mtime)
     return dest

@@ -191,8 +191,9 @@ def stop_group(proc: subprocess.Popen, grace: float = 20.0) -> None:
 
 
 def run_logged(cmd: list[str], log: Path, stage: str, env: dict | None = None, quiet: bool = False,
-               cwd: Path | None = None) -> None:
-    """Run `cmd`, tee its output to `log`; raise TunebookError with the log's tail when it fails."""
+               cwd: Path | None = None, tool: str = "Axolotl") -> None:
+    """Run `cmd`, tee its output to `log`; raise TunebookError with the log's tail when it fails (`tool`: the
+    program's name in that message)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
         fh.write(f"\n$ {' '.join(cmd)}\n".encode())
@@ -224,6 +225,6 @@ def run_logged(cmd: list[str], log: Path, stage: str, env: dict | None = None, q
                     "a bigger disk, and run again: the recipe is fine, finished stages are kept and this one "
                     "resumes from its last checkpoint.", exit_code=1)
         raise TunebookError(
-            f"stage '{stage}' failed: Axolotl exited with code {code}. Last relevant lines of the log:\n{tail}\n",
+            f"stage '{stage}' failed: {tool} exited with code {code}. Last relevant lines of the log:\n{tail}\n",
             where=str(log), fix="Read the full log at that path; fix the recipe and run again "
                                 "(finished stages are not re-run).", exit_code=1)
