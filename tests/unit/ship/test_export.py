@@ -14,7 +14,8 @@ from runner.errors import TunebookError
 from runner.recipe.load import load_recipe
 from runner.recipe.resolve import resolve
 from runner.ship.export import export
-from tests.conftest import REPO, make_project
+from tests.conftest import REPO
+from tests.unit.ship.conftest import faq_project
 
 
 def resolved(name, root):
@@ -22,22 +23,8 @@ def resolved(name, root):
     return resolve(load_recipe(name, root), template_check=False)
 
 
-RECIPE = """
-    name: faq
-    description: Answers FAQ questions.
-    base_model: ./models/base
-    data: {train: data/train.jsonl, format: alpaca, held_out: data/held.jsonl}
-    stages: [sft, merge, eval]
-    """
-
-
 @pytest.fixture
 def root(tmp_path):
-    files = {"data/train.jsonl": '{"instruction": "a", "output": "b"}\n',
-             "data/held.jsonl": '{"instruction": "a", "output": "b"}\n',
-             "models/base/config.json": "{}"}
-    root = make_project(tmp_path, {"faq": RECIPE}, files)
-    run = root / "runs/faq"
     files = {
         "sft/output/adapter_config.json": '{"r": 16}', "sft/output/adapter_model.safetensors": "weights",
         "sft/output/README.md": "peft's own card", "sft/output/debug.log": "noise",
@@ -53,10 +40,7 @@ def root(tmp_path):
             "data": {"main": {"format": "alpaca", "counts": {"train": 1, "held_out": 1},
                               "sha256": {"train": "c0ffee" * 10, "held_out": "beef" * 16}}},
             "stages": {"sft": {"kind": "sft", "metrics": {"train_loss_last": 1.23}}}})}
-    for rel, text in files.items():
-        (run / rel).parent.mkdir(parents=True, exist_ok=True)
-        (run / rel).write_text(text)
-    return root
+    return faq_project(tmp_path, files)
 
 
 def members(path):

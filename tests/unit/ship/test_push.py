@@ -12,29 +12,15 @@ import pytest
 from runner.recipe.load import load_recipe
 from runner.recipe.resolve import resolve
 from runner.ship.export import package
-from tests.conftest import make_project
+from tests.unit.ship.conftest import faq_project
 from tests.hubserver import HubServer, point_huggingface_hub
 
 TOKEN = "hf_unitWRITEtoken0123456789abcdef"
 READ_TOKEN = "hf_unitREADtoken0123456789abcdef"
 BOB_TOKEN = "hf_unitBOBtoken0123456789abcdefgh"
 
-RECIPE = """
-    name: faq
-    description: Answers FAQ questions.
-    base_model: ./models/base
-    data: {train: data/train.jsonl, format: alpaca, held_out: data/held.jsonl}
-    stages: [sft, merge, eval]
-    """
-
-
 @pytest.fixture
 def root(tmp_path):
-    files = {"data/train.jsonl": '{"instruction": "a", "output": "b"}\n',
-             "data/held.jsonl": '{"instruction": "a", "output": "b"}\n',
-             "models/base/config.json": "{}"}
-    root = make_project(tmp_path / "proj", {"faq": RECIPE}, files)
-    run = root / "runs/faq"
     files = {
         "sft/output/adapter_config.json": '{"r": 8, "peft_type": "LORA"}',
         "sft/output/adapter_model.safetensors": b"\x00adapter-weights" * 64,
@@ -45,10 +31,7 @@ def root(tmp_path):
         "eval/metrics.json": json.dumps({"contains": 1.0, "f1": 0.9}),
         "tunebook.lock": json.dumps({"version": 1, "stages": {"sft": {"finished": "2026-11-23T10:00:00+00:00"}}}),
         "manifest.json": json.dumps({"recipe": "faq", "versions": {"tunebook": "0.1.0"}})}
-    for rel, data in files.items():
-        (run / rel).parent.mkdir(parents=True, exist_ok=True)
-        (run / rel).write_bytes(data if isinstance(data, bytes) else data.encode())
-    return root
+    return faq_project(tmp_path / "proj", files)
 
 
 @pytest.fixture
