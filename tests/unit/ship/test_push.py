@@ -1,7 +1,7 @@
 """`tunebook push`: argument checks, refusals and the Hub's refusals, on a fabricated run folder (hand-written
 adapter and merged files: bookkeeping only, nothing trained), pushed through the real huggingface_hub client to
 the loopback Hub server (tests/hubserver.py). The push of real trained adapters, downloaded back and loaded with
-peft, is tests/e2e/test_push.py."""
+peft, is tests/e2e/test_push_run.py."""
 from __future__ import annotations
 
 import json

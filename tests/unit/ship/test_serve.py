@@ -1,7 +1,7 @@
 """`tunebook serve` without starting vLLM: the exact server arguments for one and several adapters and a merged
 model, the trained chat template and stop tokens it is given, every refusal (gates, bases, templates, ranks, a
 port in use, no serve venv), the server records, hot-swap refusals, and stopping a whole process group. Starting
-vLLM for real is tests/e2e/test_serve.py."""
+vLLM for real is tests/e2e/test_serve_run.py."""
 from __future__ import annotations
 
 import json
