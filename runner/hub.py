@@ -85,7 +85,7 @@ def fetch_model(repo_id: str, where: str | None = None, revision: str | None = N
         if not cache_only:  # huggingface_hub's answer when the endpoint cannot be reached and nothing is cached
             first = str(exc).splitlines()[0][:160]
             raise TunebookError(f"cannot download {repo_id}: {endpoint()} did not answer ({first})",
-                                where=where, fix=f"Check the network (or HF_ENDPOINT); with the model already "
+                                where=where, fix="Check the network (or HF_ENDPOINT); with the model already "
                                                  "cached, HF_HUB_OFFLINE=1 works without a network.") from None
         raise TunebookError(
             f"the model {repo_id} is not in the Hugging Face cache and HF_HUB_OFFLINE=1 forbids downloading it",

@@ -21,9 +21,9 @@ from runner.evaluate import metrics as mx
 from runner.evaluate.gates import GateFailed, check_gates, describe_gate, failed_gates
 from runner.evaluate.generate import ModelSpec, backend_name
 from runner.evaluate.stage import (
-    _device,
     answers,
     base_spec,
+    eval_device,
     eval_rows,
     eval_template,
     load_schema_validator,
@@ -33,7 +33,7 @@ from runner.evaluate.stage import (
 )
 from runner.fsutil import atomic_write_json, atomic_write_text, sha256_file
 from runner.merge.config import source_reference
-from runner.merge.recipe import source_eval_entry
+from runner.merge.inputs import source_eval_entry
 from runner.recipe.shipped import has_model, last_training_stage
 
 
@@ -128,7 +128,7 @@ def run_sources_eval(res, stage, quiet: bool = False) -> dict:
         "model": _rel(res, merged_dir), "method": res.merge.method, "t": res.merge.t, "dtype": res.merge.dtype,
         "base_model": res.merge.base_model,
         "settings": {"decoding": "greedy", "backend": next(iter(per_source.values()))["backend"] if per_source
-                     else backend_name(), "device": _device()},
+                     else backend_name(), "device": eval_device()},
         "sources": per_source, "gates": gates, "passed": not failed_gates(gates),
         "seconds": round(time.time() - t0, 1),
     }

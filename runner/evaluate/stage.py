@@ -204,7 +204,8 @@ def _versions() -> dict:
     return out
 
 
-def _device() -> str:
+def eval_device() -> str:
+    """Where the eval stage runs: "cuda" or "cpu" (recorded with its result)."""
     try:
         import torch
 
@@ -223,9 +224,14 @@ def answers(spec: ModelSpec, rows, template, settings, quiet) -> tuple[list[dict
 
 
 def score_rows(rows, preds, metric_names, validator) -> list[dict]:
+    """Each answer's scores (metric -> value in [0, 1], plus `stops`), row by row."""
     out = []
     for r, p in zip(rows, preds):
-        s = mx.score(p["text"], r["reference"], metric_names, r.get("key_fact"), validator)
+        try:
+            s = mx.score(p["text"], r["reference"], metric_names, r.get("key_fact"), validator)
+        except mx.KeyFactTimeout as e:
+            raise TunebookError(f"held-out row {r.get('id')!r}: {e}", where="the held-out data (key_fact)",
+                                fix="Rewrite that row's key_fact and run the stage again") from None
         s["stops"] = float(p["stopped"])
         out.append(s)
     return out
@@ -259,7 +265,7 @@ def forgetting_check(session, settings, base: ModelSpec, tuned: ModelSpec, cache
     batch = settings["batch_size"]
     key = sha256_json({"model": model_fingerprint(base.path), **({"4bit": True} if base.load_in_4bit else {}),
                        "tasks": tasks, "limit": limit,
-                       "task_files": task_hash, "device": _device(), "versions": _versions(), "batch": batch})
+                       "task_files": task_hash, "device": eval_device(), "versions": _versions(), "batch": batch})
     cache = cache_dir / "base_forgetting.json"
     base_scores = _cache_get(cache, key)
     if base_scores is None:
@@ -377,7 +383,7 @@ def base_answers(setup: EvalSetup, backend: str, cache_dir: Path, quiet: bool) -
                        **({"4bit": True} if setup.base.load_in_4bit else {}), "held_out": sha256_file(setup.held_path),
                        "limit": settings.get("limit"), "max_new_tokens": settings["max_new_tokens"],
                        "batch_size": settings["batch_size"], "template": setup.effective_template,
-                       "backend": backend, "device": _device(), "versions": _versions()})
+                       "backend": backend, "device": eval_device(), "versions": _versions()})
     cache = cache_dir / "base_predictions.json"
     preds = _cache_get(cache, key)
     if preds is None:
@@ -444,7 +450,7 @@ def metrics_record(res, stage, setup: EvalSetup, ans: Answers, sc: Scores, gates
                      "sha256": sha256_file(setup.held_path)},
         "settings": {"metrics": settings["metrics"], "max_new_tokens": settings["max_new_tokens"],
                      "batch_size": settings["batch_size"], "limit": settings.get("limit"), "decoding": "greedy",
-                     "backend": ans.backend, "device": _device(),
+                     "backend": ans.backend, "device": eval_device(),
                      "chat_template": "recipe's (from training config)" if setup.template else "tokenizer's"},
         "base": base_agg, "tuned": tuned_agg,
         "delta": ({k: tuned_agg[k] - base_agg[k] for k in tuned_agg if k in base_agg} if base_agg else None),

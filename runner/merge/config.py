@@ -1,4 +1,4 @@
-"""The mergekit configuration tunebook writes for a merge recipe (runner.merge.recipe.MergePlan): one YAML in
+"""The mergekit configuration tunebook writes for a merge recipe (runner.recipe.merge.MergePlan): one YAML in
 mergekit's own format, run by `mergekit-yaml` (runner.merge.stage). Pure: reads no weights, writes nothing.
 
 Per method (mergekit 0.1.5):
@@ -26,7 +26,7 @@ DEFAULT_DENSITY = 0.5
 
 
 def source_reference(src) -> str:
-    """The mergekit model reference of a source (runner.merge.recipe.MergeSource): the folder of the whole model
+    """The mergekit model reference of a source (runner.recipe.merge.MergeSource): the folder of the whole model
     it ships (or will, once trained), else `<base>+<adapter>`."""
     model = shipped_model(src.res, action="merge")
     if model.merged is not None:

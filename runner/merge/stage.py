@@ -17,7 +17,7 @@ from runner.console import say
 from runner.errors import TunebookError
 from runner.fsutil import atomic_write_text
 from runner.merge.config import mergekit_config, source_model_dir, source_reference
-from runner.merge.recipe import source_fingerprint
+from runner.merge.inputs import source_fingerprint
 from runner.pipeline.lock import refuse_if_gate_failed
 from runner.recipe.shipped import has_model
 from runner.train.axolotl import child_env, run_logged, venv_bin

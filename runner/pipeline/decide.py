@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runner.merge.inputs import merge_stage_inputs
 from runner.pipeline import lock as lk
 from runner.pipeline.lock import StageInputs, outputs_hash
 from runner.recipe.resolve import ResolvedRecipe, ResolvedStage
@@ -29,8 +30,6 @@ def stage_inputs(res: ResolvedRecipe, stage: ResolvedStage, sources: dict,
     """Everything `stage`'s result depends on. `sources`: data.prepare.source_hashes(res); `upstream_hashes`:
     the output hash of each stage before it (as just run, or as the lock recorded it)."""
     if res.merge is not None:  # a merge recipe: its sources' results are its inputs
-        from runner.merge.recipe import merge_stage_inputs
-
         return merge_stage_inputs(res, stage, upstream_hashes)
     data = {}
     if stage.data_block and stage.data_block in sources and stage.kind != "merge":

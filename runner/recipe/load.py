@@ -1,11 +1,8 @@
 """Recipe loading: YAML with line numbers → JSON Schema → semantic checks, every problem reported at once."""
 from __future__ import annotations
 
-import difflib
 import json
 import os
-import re
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,16 +10,26 @@ from typing import TYPE_CHECKING
 from runner.errors import RecipeErrors, TunebookError
 from runner.formats import block_format
 from runner.layout import RunLayout
+from runner.recipe.core import (  # noqa: F401
+    NAME_RE,
+    NAME_RULE,
+    PREFERENCE_KINDS,
+    TRAIN_KINDS,
+    Recipe,
+    Stage,
+    did_you_mean,
+    is_merge_recipe,
+    looks_like_path,
+    normalise_stages,
+    recipe_file,
+)
+from runner.recipe.merge import merge_problems
 from runner.recipe.yamlpos import RECIPE_LIMITS, Located, load_yaml
 from runner.safeload import Limits, load_json_file, load_yaml_file, nonfinite_paths
 
 # The checkout (or installed tree) that holds schema/ and recipes/presets/ next to runner/.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_DIR = PACKAGE_ROOT / "schema"
-# Recipe and stage names become folder names (runs/<recipe>/<stage>/), image tags and command-line words: no
-# shell metacharacters, no path separators, no leading dot or dash, and short enough for any file system.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-NAME_RULE = "up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
 # Data files outside the project are read only from the folders this variable lists (os.pathsep-separated,
 # absolute or relative to the project root): a recipe can't widen what it may read by itself.
 DATA_ROOTS_ENV = "TUNEBOOK_DATA_ROOTS"
@@ -45,8 +52,6 @@ OWNED_AXOLOTL_KEYS = {
 }
 # A JSON Schema file (eval.json_schema) is a page of rules.
 SCHEMA_FILE_LIMITS = Limits(max_bytes=1024 * 1024, max_depth=32, max_nodes=50_000)
-TRAIN_KINDS = ("sft", "dpo", "orpo", "kto")
-PREFERENCE_KINDS = ("dpo", "orpo", "kto")
 if TYPE_CHECKING:  # jsonschema takes a tenth of a second to import: only when a recipe is validated
     from jsonschema import Draft202012Validator
     from referencing import Registry
@@ -72,46 +77,11 @@ def validator(schema_file: str) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=_schemas())
 
 
-@dataclass
-class Stage:
-    """One entry of `stages:` after normalisation."""
-
-    kind: str
-    name: str
-    body: dict
-    index: int
-
-
-@dataclass
-class Recipe:
-    """A validated recipe: the parsed data plus where it came from."""
-
-    name: str
-    path: Path
-    root: Path
-    data: dict
-    located: Located
-    stages: list[Stage]
-
-    def where(self, *keypath) -> str:
-        return self.located.where(keypath)
-
-    def resolve_path(self, p: str) -> Path:
-        """Recipe paths are relative to the project root (the folder holding recipes/)."""
-        path = Path(p)
-        return path if path.is_absolute() else self.root / path
-
-
 def keypath_str(path) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
-
-
-def _did_you_mean(word: str, options) -> str:
-    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
-    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 def _type_name(value) -> str:
@@ -127,7 +97,7 @@ def describe_schema_error(err) -> tuple[tuple, str]:
         # Stages accept a name or a one-key mapping; show the branch closest to what was written.
         if isinstance(inst, str) and any("enum" in c.schema for c in err.context):
             kinds = next(c.schema["enum"] for c in err.context if "enum" in c.schema)
-            return path, f"unknown stage '{inst}'{_did_you_mean(inst, kinds)} Stages are: {', '.join(kinds)}"
+            return path, f"unknown stage '{inst}'{did_you_mean(inst, kinds)} Stages are: {', '.join(kinds)}"
         from jsonschema.exceptions import best_match
 
         # A branch that refuses the value's very type (a mapping against `enum`) says nothing useful when
@@ -143,19 +113,19 @@ def describe_schema_error(err) -> tuple[tuple, str]:
         allowed = sorted(sch.get("properties", {}))
         extra = [k for k in inst if k not in sch.get("properties", {})]
         key = extra[0] if extra else "?"
-        return path + (key,), (f"unknown key '{key}'{_did_you_mean(key, allowed)}"
+        return path + (key,), (f"unknown key '{key}'{did_you_mean(key, allowed)}"
                                f" Allowed here: {', '.join(allowed)}")
     if v == "propertyNames":
         key = next(iter(inst)) if isinstance(inst, dict) and inst else inst
         kinds = sch.get("propertyNames", {}).get("enum") or ["sft", "dpo", "merge", "eval"]
-        return path + (key,), f"unknown stage '{key}'{_did_you_mean(key, kinds)} Stages are: {', '.join(kinds)}"
+        return path + (key,), f"unknown stage '{key}'{did_you_mean(key, kinds)} Stages are: {', '.join(kinds)}"
     if v == "required":
         missing = [k for k in sch["required"] if k not in inst]
         return path, f"missing required key '{missing[0]}'"
     if v == "type":
         return path, f"expected {err.validator_value if isinstance(err.validator_value, str) else ' or '.join(err.validator_value)}, found {_type_name(inst)} ({json.dumps(inst, default=str)})"
     if v == "enum":
-        return path, f"expected one of {', '.join(map(str, sch['enum']))}; found {repr(inst) if isinstance(inst, str) else json.dumps(inst, default=str)}{_did_you_mean(inst, sch['enum'])}"
+        return path, f"expected one of {', '.join(map(str, sch['enum']))}; found {repr(inst) if isinstance(inst, str) else json.dumps(inst, default=str)}{did_you_mean(inst, sch['enum'])}"
     if v == "const":
         return path, f"expected '{sch['const']}', found {json.dumps(inst, default=str)}"
     if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
@@ -180,33 +150,6 @@ def schema_problems(located: Located, schema_file: str) -> list[tuple[str, str]]
     return [(w, m) for _, w, m in problems]
 
 
-def recipe_file(name_or_path: str, root: Path) -> Path:
-    """Map a recipe name (or a path inside recipes/) to its file; refuse anything outside recipes/."""
-    recipes_dir = (root / "recipes").resolve()
-    arg = name_or_path.strip()
-    if NAME_RE.fullmatch(arg) and "/" not in arg and not arg.endswith((".yaml", ".yml")):
-        candidate = recipes_dir / f"{arg}.yaml"
-    else:
-        candidate = (root / arg).resolve()
-    try:
-        candidate.resolve().relative_to(recipes_dir)
-    except ValueError:
-        raise TunebookError(f"'{name_or_path}' is not a recipe in recipes/",
-                            fix="Pass a recipe name such as hr-bot (the file recipes/hr-bot.yaml); "
-                                "recipes outside recipes/ are refused.") from None
-    if not candidate.is_file() or candidate.parent.resolve() != recipes_dir:
-        known = sorted(p.stem for p in recipes_dir.glob("*.yaml"))
-        raise TunebookError(f"no recipe named '{name_or_path}' in recipes/",
-                            fix=f"Known recipes: {', '.join(known) or '(none)'}"
-                                f"{_did_you_mean(Path(arg).stem, known).replace(';', '.', 1)}")
-    if not NAME_RE.fullmatch(candidate.stem) or candidate.suffix != ".yaml":
-        # The file name becomes the run folder, the image tag and a word on remote command lines.
-        raise TunebookError(f"recipe file name '{candidate.name}' is not a valid recipe name ({NAME_RULE}, "
-                            "then .yaml)", where=f"recipes/{candidate.name}",
-                            fix="Rename the file, e.g. recipes/my-recipe.yaml, and set `name:` to the same.")
-    return candidate
-
-
 def presets_dir(root: Path) -> Path:
     return root / "recipes" / "presets"
 
@@ -224,22 +167,6 @@ def known_presets(root: Path) -> list[str]:
     return sorted(out)
 
 
-def normalise_stages(data: dict) -> list[Stage]:
-    # Default: train, check the result on held-out data (a failed gate stops before merge), then merge.
-    # A merge recipe (runner.merge.recipe) merges other recipes' models with mergekit and scores the result.
-    raw = data.get("stages") or (["mergekit", "eval"] if isinstance(data.get("merge"), dict)
-                                 else ["sft", "eval", "merge"])
-    stages = []
-    for i, item in enumerate(raw):
-        if isinstance(item, str):
-            kind, body = item, {}
-        else:
-            kind, body = next(iter(item.items()))
-            body = body or {}
-        stages.append(Stage(kind=kind, name=body.get("name", kind), body=body, index=i))
-    return stages
-
-
 def data_files(data: dict) -> list[tuple[tuple, str]]:
     """(key path inside the data block, file) for every file a data block names."""
     out = []
@@ -253,10 +180,6 @@ def data_files(data: dict) -> list[tuple[tuple, str]]:
     for i, m in enumerate(data.get("mix") or []):
         out.append((("mix", i, "file"), m["file"]))
     return out
-
-
-def looks_like_path(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or model.count("/") != 1
 
 
 def data_roots(root: Path) -> list[Path]:
@@ -360,7 +283,7 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
 
     preset = d.get("preset")
     if isinstance(preset, str) and preset not in known_presets(root):
-        add(("preset",), f"unknown preset '{preset}'{_did_you_mean(preset, known_presets(root))} "
+        add(("preset",), f"unknown preset '{preset}'{did_you_mean(preset, known_presets(root))} "
                          f"Presets: {', '.join(known_presets(root))} (files in recipes/presets/)")
 
     base = d["base_model"]
@@ -368,10 +291,8 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
     if model_problem:
         add(("base_model",), model_problem)
 
-    from runner.merge import recipe as merge_recipe  # it reads the source recipes with this module's loaders
-
-    merge_recipe.merge_problems(rec, add)
-    if merge_recipe.is_merge_recipe(d):
+    merge_problems(rec, add)
+    if is_merge_recipe(d):
         return problems  # no data, training or eval settings of its own: merge_problems checked what it has
 
     blocks = [(("data",), d["data"])] + [

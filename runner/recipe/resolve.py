@@ -15,9 +15,11 @@ from pathlib import Path
 from runner import hardware as hw
 from runner.formats import block_format
 from runner.layout import RunLayout, StageLayout
+from runner.recipe.core import PREFERENCE_KINDS, TRAIN_KINDS, Recipe, Stage, is_merge_recipe, looks_like_path
 from runner.recipe.derive import VALIDATION_FRACTION, derive_defaults
 from runner.recipe.hygiene import recipe_model_dir, template_settings
-from runner.recipe.load import PREFERENCE_KINDS, TRAIN_KINDS, Recipe, Stage, looks_like_path
+from runner.recipe.load import load_recipe
+from runner.recipe.merge import DEFAULT_T, DEFAULT_WEIGHT, MergePlan, MergeSource
 from runner.recipe.presets import load_defaults, load_preset
 
 # tunebook `training:` keys → Axolotl keys (LoRA keys and method are handled separately).
@@ -102,7 +104,7 @@ class ResolvedRecipe:
     notes: list[str] = field(default_factory=list)
     data_blocks: dict = field(default_factory=dict)
     derived: dict = field(default_factory=dict)
-    # A merge recipe's sources and settings (runner.merge.recipe.MergePlan); None for a recipe that trains.
+    # A merge recipe's sources and settings (runner.recipe.merge.MergePlan); None for a recipe that trains.
     merge: object | None = None
 
     @property
@@ -426,8 +428,6 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
 
     Runs go to <root>/runs/<recipe>/ unless `runs_dir` or $TUNEBOOK_RUNS names another folder."""
     h = h or hw.detect()
-    from runner.merge.recipe import is_merge_recipe, resolve_merge  # it resolves the source recipes with resolve()
-
     if is_merge_recipe(rec.data):
         return resolve_merge(rec, h, runs_dir)
     root = rec.root
@@ -475,3 +475,33 @@ def needs_merged(res: ResolvedRecipe, stage: ResolvedStage) -> bool:
         if other.config and str(other.config.get("base_model")) == str(stage.paths.merged):
             return True
     return False
+
+
+# ---------------------------------------------------------------------------------------------- merge recipes
+
+
+def plan_merge(rec, h, runs_dir=None) -> MergePlan:
+    """Resolve every source recipe (same machine, same runs folder) for a validated merge recipe."""
+    m = rec.data["merge"]
+    sources = []
+    for i, s in enumerate(m["sources"]):
+        src = resolve(load_recipe(s["recipe"], rec.root), h, runs_dir)
+        sources.append(MergeSource(s["recipe"], i, src, s.get("weight", None if m["method"] == "slerp"
+                                                                    else DEFAULT_WEIGHT), s.get("density")))
+    base = rec.data["base_model"]
+    if looks_like_path(base):
+        base = str(rec.resolve_path(base))
+    return MergePlan(m["method"], sources, base, m.get("t", DEFAULT_T) if m["method"] == "slerp" else None,
+                     m.get("dtype"))
+
+
+def resolve_merge(rec, h, runs_dir=None):
+    """The ResolvedRecipe of a merge recipe: a mergekit stage and an eval stage, no data of its own, and the plan."""
+    layout = RunLayout.for_recipe(rec.root, rec.name, runs_dir)
+    res = ResolvedRecipe(recipe=rec, preset=None, hardware=h, stages=[], run_root=layout.root)
+    res.merge = plan_merge(rec, h, runs_dir)
+    merge_stage = next(s.name for s in rec.stages if s.kind == "mergekit")
+    for s in rec.stages:
+        up = merge_stage if s.kind == "eval" else None
+        res.stages.append(ResolvedStage(s.name, s.kind, s.index, None, {}, layout.stage(s.name).dir, None, up))
+    return res

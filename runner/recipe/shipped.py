@@ -79,7 +79,7 @@ def trained_model(res: ResolvedRecipe, stage: ResolvedStage, before: int | None 
 
 def shipped_model(res: ResolvedRecipe, before: int | None = None, action: str = "ship") -> TrainedModel:
     """The model a run ships: what its last training stage (before index `before`) trained; for a merge recipe
-    (runner.merge.recipe) the whole model its mergekit stage makes."""
+    (runner.recipe.merge) the whole model its mergekit stage makes."""
     merges = [s for s in res.stages if s.kind == "mergekit" and (before is None or s.index < before)]
     if merges:
         return TrainedModel(merges[-1], str(res.merge.base_model), None, merges[-1].paths.merged)

@@ -1,7 +1,6 @@
 """The mergekit YAML tunebook writes for each method (runner.merge.config), checked by mergekit's own config model."""
 from __future__ import annotations
 
-import pytest
 from mergekit.config import MergeConfiguration
 
 from runner import hardware as hw

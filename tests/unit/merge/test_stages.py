@@ -1,4 +1,4 @@
-"""A merge recipe's bookkeeping (runner.merge.recipe.merge_stage_inputs, runner.merge.stage.check_sources): the lock
+"""A merge recipe's bookkeeping (runner.merge.inputs.merge_stage_inputs, runner.merge.stage.check_sources): the lock
 records its sources' results, so a re-run is a no-op until a source is retrained or the merge settings change; a
 source that is not trained is refused before mergekit starts. Sources train with the stand-in Axolotl; the merge
 stages' runner here writes files instead of running mergekit and generating (the e2e test runs both for real)."""

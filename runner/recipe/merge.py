@@ -7,18 +7,19 @@ SLERP, TIES, DARE-TIES) instead of training one. Its stages are [mergekit, eval]
         - {recipe: facts-a, weight: 1.0, density: 0.7}
         - {recipe: facts-b, weight: 1.0, density: 0.7}
 
-This module owns what a merge recipe is: its checks (run by runner.recipe.load with every other check, each at its
-file:line), its sources resolved (MergePlan), and what the lock compares for its stages (the sources' lock entries,
-so a merge is re-made only when a source is retrained or the merge settings change). It runs nothing.
+This module owns what a merge recipe may say: its checks (run by runner.recipe.load with every other check, each at
+its file:line; they read the source recipes' files, never load or resolve them) and the shape of its resolved
+plan (MergePlan, made by runner.recipe.resolve). What the lock compares for its stages is runner.merge.inputs; the
+merge itself, runner.merge.stage.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 
 from runner.errors import TunebookError
+from runner.recipe.core import TRAIN_KINDS, is_merge_recipe, looks_like_path, normalise_stages, recipe_file
+from runner.recipe.yamlpos import load_yaml
 
 METHODS = ("linear", "slerp", "ties", "dare_ties")
 DENSITY_METHODS = ("ties", "dare_ties")  # the methods that sparsify each task vector
@@ -32,16 +33,9 @@ TRAINING_KEYS = {
     "system_prompt": "each source is evaluated with its own",
 }
 MERGE_STAGES = ("mergekit", "eval")
-# Stage kinds of a source recipe whose lock entries make the model it ships (their output hashes are the source's
-# fingerprint: a new one means it was retrained).
-MODEL_KINDS = ("sft", "dpo", "orpo", "kto", "merge", "mergekit")
 DEFAULT_T = 0.5
 DEFAULT_WEIGHT = 1.0
 
-
-def is_merge_recipe(data) -> bool:
-    """Does this recipe (its parsed mapping) merge other recipes' results?"""
-    return isinstance(data, dict) and isinstance(data.get("merge"), dict)
 
 
 # ---------------------------------------------------------------------------------------------- checks
@@ -49,9 +43,6 @@ def is_merge_recipe(data) -> bool:
 
 def _source_doc(name: str, root: Path):
     """(path, parsed data) of source recipe `name`, or a TunebookError saying why it is not a recipe."""
-    from runner.recipe.load import recipe_file
-    from runner.recipe.yamlpos import load_yaml
-
     path = recipe_file(name, root)
     located, _ = load_yaml(path, str(path.relative_to(root)))
     return path, located.data
@@ -59,8 +50,6 @@ def _source_doc(name: str, root: Path):
 
 def _model_id(base: str, root: Path) -> str:
     """A base model as a comparable identity: a local folder resolved, a hub id as written."""
-    from runner.recipe.load import looks_like_path
-
     p = Path(base)
     return str((p if p.is_absolute() else root / p).resolve()) if looks_like_path(base) else base
 
@@ -91,7 +80,7 @@ def _cycle(start: str, root: Path) -> list[str] | None:
 
 def merge_problems(rec, add) -> None:
     """Every problem of a merge recipe (or of a `mergekit` stage in a recipe without `merge:`), each through
-    `add(keypath, message)` (runner.recipe.load.semantic_problems)."""
+    `add(keypath, message)` (runner.recipe.load.semantic_problems calls it)."""
     d = rec.data
     if not is_merge_recipe(d):
         for s in rec.stages:
@@ -145,8 +134,6 @@ def _method_problems(m: dict, add) -> None:
 
 
 def _source_problems(rec, add) -> None:
-    from runner.recipe.load import TRAIN_KINDS, normalise_stages
-
     root, seen = rec.root, {}
     base = rec.data.get("base_model")
     loop = _cycle(rec.name, root)  # this recipe, through merge sources, back to itself
@@ -219,101 +206,3 @@ class MergePlan:
 
     def source(self, name: str) -> MergeSource:
         return next(s for s in self.sources if s.name == name)
-
-
-def plan_merge(rec, h, runs_dir=None) -> MergePlan:
-    """Resolve every source recipe (same machine, same runs folder) for a validated merge recipe."""
-    from runner.recipe.load import load_recipe, looks_like_path
-    from runner.recipe.resolve import resolve
-
-    m = rec.data["merge"]
-    sources = []
-    for i, s in enumerate(m["sources"]):
-        src = resolve(load_recipe(s["recipe"], rec.root), h, runs_dir)
-        sources.append(MergeSource(s["recipe"], i, src, s.get("weight", None if m["method"] == "slerp"
-                                                                    else DEFAULT_WEIGHT), s.get("density")))
-    base = rec.data["base_model"]
-    if looks_like_path(base):
-        base = str(rec.resolve_path(base))
-    return MergePlan(m["method"], sources, base, m.get("t", DEFAULT_T) if m["method"] == "slerp" else None,
-                     m.get("dtype"))
-
-
-def resolve_merge(rec, h, runs_dir=None):
-    """The ResolvedRecipe of a merge recipe: a mergekit stage and an eval stage, no data of its own, and the plan."""
-    from runner.layout import RunLayout
-    from runner.recipe.resolve import ResolvedRecipe, ResolvedStage
-
-    layout = RunLayout.for_recipe(rec.root, rec.name, runs_dir)
-    res = ResolvedRecipe(recipe=rec, preset=None, hardware=h, stages=[], run_root=layout.root)
-    res.merge = plan_merge(rec, h, runs_dir)
-    merge_stage = next(s.name for s in rec.stages if s.kind == "mergekit")
-    for s in rec.stages:
-        up = merge_stage if s.kind == "eval" else None
-        res.stages.append(ResolvedStage(s.name, s.kind, s.index, None, {}, layout.stage(s.name).dir, None, up))
-    return res
-
-
-# ---------------------------------------------------------------------------------------------- the lock
-
-
-def source_fingerprint(src: MergeSource) -> dict[str, str | None]:
-    """What the lock records of a source: the output hash of each stage of its lock that makes its model
-    (training, merge, mergekit), keyed `<recipe>/<stage>`; None for a stage not run yet. A retrained source has a
-    new hash, so the merge is stale; reading the lock costs nothing (the source's own status checks its files)."""
-    from runner.pipeline.lock import read_lock
-
-    entries = read_lock(src.res.layout.lock)["stages"]
-    out = {}
-    for st in src.res.stages:
-        if st.kind in MODEL_KINDS:
-            e = entries.get(st.name) or {}
-            out[f"{src.name}/{st.name}"] = e.get("output_hash") if e.get("gate") != "failed" else None
-    return out
-
-
-def source_eval_entry(src: MergeSource) -> tuple[object | None, dict]:
-    """(the source's last eval stage or None, its lock entry or {})."""
-    from runner.pipeline.lock import read_lock
-
-    evals = [s for s in src.res.stages if s.kind == "eval"]
-    if not evals:
-        return None, {}
-    return evals[-1], read_lock(src.res.layout.lock)["stages"].get(evals[-1].name) or {}
-
-
-def mergekit_version() -> str | None:
-    try:
-        return metadata.version("mergekit")
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def merge_stage_inputs(res, stage, upstream_hashes: dict):
-    """StageInputs of a merge recipe's stages (runner.pipeline.decide.stage_inputs asks here).
-
-    mergekit: the mergekit config tunebook writes (method, weights, densities, t, dtype, source folders) and each
-    source's fingerprint; eval: the merge recipe's gates, each source's eval settings, held-out file and eval
-    result (its score is the one the drop is measured against), and the mergekit stage's result."""
-    from runner.fsutil import sha256_file
-    from runner.merge.config import mergekit_config
-    from runner.pipeline.lock import StageInputs, package_versions
-
-    plan, versions = res.merge, package_versions()
-    if stage.kind == "mergekit":
-        ups = {}
-        for src in plan.sources:
-            ups.update(source_fingerprint(src))
-        return StageInputs(config={"mergekit": mergekit_config(plan)}, data={}, upstream=ups,
-                           versions={**versions, "mergekit": mergekit_version()}, root=str(res.recipe.root))
-    data, settings = {}, {}
-    for src in plan.sources:
-        held = src.res.layout.data_file("main", "held_out")
-        data[f"{src.name}:held_out"] = sha256_file(held) if held.is_file() else None
-        _, entry = source_eval_entry(src)
-        data[f"{src.name}:eval"] = entry.get("output_hash")
-        settings[src.name] = {"eval": src.res.data.get("eval") or {}, "system_prompt": src.res.data.get("system_prompt")}
-    config = {"gates": (res.data.get("eval") or {}).get("gates") or {}, "sources": settings}
-    ups = {stage.upstream: upstream_hashes.get(stage.upstream)} if stage.upstream else {}
-    return StageInputs(config=json.loads(json.dumps(config, default=str)), data=data, upstream=ups,
-                       versions=versions, root=str(res.recipe.root))

@@ -1,4 +1,4 @@
-"""Merge recipes (runner.merge.recipe): what validation refuses, each at its file:line, and what it accepts."""
+"""Merge recipes (runner.recipe.merge): what validation refuses, each at its file:line, and what it accepts."""
 from __future__ import annotations
 
 import pytest
