@@ -268,6 +268,9 @@ def normalize_value(v, fixes: set):
 # -------------------------------------------------------------------------------------------- validate
 
 
+KEY_FACT_MAX_CHARS = 500
+
+
 @lru_cache(maxsize=None)
 def row_validator(fmt: str) -> "Draft202012Validator":
     """The JSON Schema validator of one format's rows (schema/rows/<format>.json)."""
@@ -289,7 +292,27 @@ def content_problems(row: dict, fmt: str, min_output_chars: int = 1) -> list[tup
                                           f"min_output_chars ({min_output_chars})"))
     if fmt == "preference" and " ".join(row["chosen"].split()) == " ".join(row["rejected"].split()):
         out.append(("same_answer", "rejected", "chosen and rejected are the same text: nothing to prefer"))
+    if isinstance(row.get("key_fact"), str):
+        why = key_fact_problem(row["key_fact"])
+        if why:
+            out.append(("bad_key_fact", "key_fact", why))
     return out
+
+
+def key_fact_problem(pattern: str) -> str | None:
+    """Why a row's `key_fact` can't be the regular expression the `contains` metric searches answers for, or
+    None. (How long a valid one may take is bounded where it is searched: runner.evaluate.metrics.)"""
+    import regex  # the engine metrics.contains matches with (it has a time limit); a transformers dependency
+
+    if len(pattern) > KEY_FACT_MAX_CHARS:
+        return (f"key_fact is {len(pattern)} characters, more than {KEY_FACT_MAX_CHARS}: it is a short pattern "
+                "the answer must contain (e.g. \"25 days\"), not a reference answer")
+    try:
+        regex.compile(pattern, regex.IGNORECASE)
+    except (regex.error, RecursionError, OverflowError) as e:
+        return (f"key_fact {pattern[:60]!r} is not a valid regular expression ({e}); escape the special "
+                "characters (\\. for a literal dot, \\( for a bracket) or use a plain phrase")
+    return None
 
 
 def checked_rows(path: Path, display: str, fmt: str, min_output_chars: int = 1) -> list[dict]:

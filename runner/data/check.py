@@ -40,6 +40,7 @@ PROBLEM_KINDS = {
     "too_short": "output too short",
     "no_assistant": "no assistant turn",
     "same_answer": "chosen = rejected",
+    "bad_key_fact": "unusable key_fact regex",
     "no_reference": "held-out row without reference answer",
     "invalid": "other schema error",
 }

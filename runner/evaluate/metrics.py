@@ -79,9 +79,27 @@ def rouge_l(pred: str, ref: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+# A key_fact is the user's regex, searched in the model's answer: a pattern like (a|a)+$ backtracks exponentially
+# on an answer that almost matches, so one search gets a time limit (`regex`, the engine transformers already
+# brings, has one; `re` has none). The data check refuses patterns that do not compile.
+KEY_FACT_SECONDS = 2.0
+
+
+class KeyFactTimeout(ValueError):
+    """A key_fact regex took longer than KEY_FACT_SECONDS on one answer."""
+
+
 def contains(pred: str, ref: str, key_fact: str | None = None) -> float:
     if key_fact:
-        return float(re.search(key_fact, pred or "", re.IGNORECASE) is not None)
+        import regex
+
+        try:
+            return float(regex.search(key_fact, pred or "", regex.IGNORECASE, timeout=KEY_FACT_SECONDS) is not None)
+        except TimeoutError:
+            raise KeyFactTimeout(f"the key_fact regex {key_fact[:60]!r} took over {KEY_FACT_SECONDS:g} s on one "
+                                 f"answer of {len(pred or '')} characters (a repeat of alternatives that can match the "
+                                 "same text, such as (a|a)+ or (\\w+\\s?)+, backtracks without end); write each "
+                                 "repeated part so it matches one way, or use a plain phrase")
     n_ref = normalize(ref)
     return float(bool(n_ref) and f" {n_ref} " in f" {normalize(pred)} ")
 

@@ -87,6 +87,10 @@ KINDS = [
     ("blank-lines-only", "alpaca", b"\n  \n\t\n", None, "data/train.jsonl", "is empty"),
     ("empty-held-out", "alpaca", jl(*GOOD_QA), b"", "data/held.jsonl", "is empty"),
     ("held-out-equals-train", "alpaca", jl(*GOOD_QA), jl(*GOOD_QA), "data/held.jsonl", "same content"),
+    ("key-fact-not-a-regex", "alpaca", jl(*GOOD_QA), jl({**qa(20), "key_fact": "(27 days"}),
+     "data/held.jsonl:1", "unusable"),
+    ("key-fact-a-whole-answer", "alpaca", jl(*GOOD_QA), jl({**qa(21), "key_fact": "x" * 600}),
+     "data/held.jsonl:1", "unusable"),
     ("held-out-reordered-copy", "alpaca", jl(*GOOD_QA), jl(*reversed(GOOD_QA)), "data/runs-report",
      "no training rows left"),
 ]
@@ -175,3 +179,15 @@ def test_an_unreadable_data_file_names_the_file(tmp_path, tiny_base):
     (root / "data/train.jsonl").mkdir()  # a folder where the file should be (root ignores chmod)
     r = tunebook("--root", str(root), "data", "check", "h", "--no-tokens")
     assert r.returncode == 2 and "data/train.jsonl" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("pattern, why", [
+    ("(27 days", "is not a valid regular expression (missing )"),
+    ("[0-9", "is not a valid regular expression"),
+    ("x" * 501, "501 characters, more than 500"),
+    (r"\b27 days\b", None),
+    ("27 (days|working days)", None),
+])
+def test_key_fact_problem_names_what_is_wrong_with_the_pattern(pattern, why):
+    got = formats.key_fact_problem(pattern)
+    assert (got is None) if why is None else (why in got), got

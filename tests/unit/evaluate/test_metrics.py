@@ -62,6 +62,14 @@ def test_contains_uses_key_fact_regex_case_insensitively():
     assert mx.contains("27 days", "ref", key) == 1.0
 
 
+def test_a_backtracking_key_fact_regex_is_stopped_with_the_pattern_named(monkeypatch):
+    """(a|a)+$ on 'aaaa...!' backtracks exponentially: without a time limit one answer hangs the eval stage."""
+    monkeypatch.setattr(mx, "KEY_FACT_SECONDS", 0.2)
+    with pytest.raises(mx.KeyFactTimeout, match=r"\(a\|a\)\+\$.*over 0.2 s on one answer of 41 characters.*plain"):
+        mx.contains("a" * 40 + "!", "ref", "(a|a)+$")
+    assert mx.contains("aaa", "ref", "(a|a)+$") == 1.0  # the same pattern on a matching answer is fine
+
+
 def test_contains_without_key_fact_looks_for_the_normalised_reference():
     assert mx.contains("I think the answer is Paris, France.", "Paris") == 1.0
     assert mx.contains("Parisian food", "Paris") == 0.0  # whole words only
