@@ -65,6 +65,13 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def compute_threads() -> int:
+    """Threads for CPU compute in this process (torch, llama.cpp): OMP_NUM_THREADS when set (a user or a test
+    suite sharing the cores says how many this job may take), else every core this process may run on."""
+    raw = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else cpu_cores()
+
+
 def _at_least(cc: str | None, wanted: float) -> bool:
     try:
         major, minor = (int(x) for x in str(cc).split(".")[:2])

@@ -17,7 +17,7 @@ from pathlib import Path
 from runner.chat_template import end_of_turn_token
 from runner.console import say
 from runner.errors import TunebookError
-from runner.hardware import cpu_cores
+from runner.hardware import compute_threads
 from runner.hardware import detect as detect_hardware
 from runner.tokenizer import load_tokenizer as load_shared_tokenizer
 
@@ -79,7 +79,7 @@ def set_threads() -> None:
 
 
     try:
-        torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS") or cpu_cores())))
+        torch.set_num_threads(compute_threads())
     except Exception:
         pass
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import TunebookError
-from runner.hardware import cpu_cores
+from runner.hardware import compute_threads
 from runner.recipe.load import PACKAGE_ROOT
 
 VERSION = "0.3.36"          # llama-cpp-python: what `make gguf-tools` builds and the tests ran against
@@ -89,7 +89,7 @@ def quantize(src: Path, dst: Path, quant: str) -> None:
              "f16": lc.LLAMA_FTYPE_MOSTLY_F16}[quant]
     params = lc.llama_model_quantize_default_params()
     params.ftype = ftype
-    params.nthread = cpu_cores()
+    params.nthread = compute_threads()
     with quiet():
         rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     if rc != 0:
@@ -166,7 +166,7 @@ class Model:
         lc = _llama_cpp()
         self._lc = lc
         with quiet():
-            self.llm = lc.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=cpu_cores(), vocab_only=vocab_only,
+            self.llm = lc.Llama(model_path=str(path), n_ctx=n_ctx, n_threads=compute_threads(), vocab_only=vocab_only,
                                 verbose=False)
         self.vocab = lc.llama_model_get_vocab(self.llm.model)
 

@@ -44,3 +44,16 @@ def test_capabilities_of_profiles_count_every_gpu_of_every_node():
     cpu = hw.Hardware(cuda=False, gpu_name=None, gpu_count=0, gpu_memory_gib=None, bf16=False, cpu_cores=2,
                       cpu_name="x")
     assert cpu.tf32 is False
+
+
+@pytest.mark.parametrize("value, expected", [("1", 1), ("3", 3), (None, "cores"), ("", "cores"), ("0", "cores"),
+                                             ("two", "cores"), (" 2 ", 2)])
+def test_compute_threads_follow_omp_num_threads_else_every_core(monkeypatch, value, expected):
+    """llama.cpp and the eval stage's torch take what OMP_NUM_THREADS allows (a suite of one-thread workers
+    sharing two cores); without it, every core."""
+    monkeypatch.setattr(hw, "cpu_cores", lambda: 6)
+    if value is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert hw.compute_threads() == (6 if expected == "cores" else expected)
