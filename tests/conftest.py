@@ -220,15 +220,26 @@ def status_rows(stdout: str) -> dict[str, tuple[str, str]]:
     return {k: (v[0], v[1]) for k, v in rows.items()}
 
 
+CPU_LOCK = "/tmp/tunebook-cpu.lock"
+
+
+def cpu_lock() -> list[str]:
+    """The command prefix that runs a CPU-heavy job (a training, a server) alone: `flock` on CPU_LOCK, unless each
+    job is held to one thread (OMP_NUM_THREADS=1, as `make test` runs the suite: its two workers then keep two
+    cores busy with one job each, and serialising them would only leave a core idle). A job that takes every
+    core beside another that does slows both 5-20x (OpenMP threads spinning on shared cores)."""
+    if os.environ.get("OMP_NUM_THREADS") == "1" or not shutil.which("flock"):
+        return []
+    return ["flock", CPU_LOCK]
+
+
 @pytest.fixture(scope="session")
 def ci_mini_make_train(tmp_path_factory, smollm2) -> tuple[subprocess.CompletedProcess, Path]:
     """`make train RECIPE=ci-mini` run once per session (real Axolotl, ~2-5 min on a CPU): the e2e test checks
     its output and the export tests package its run, so CI trains it once, not twice. Returns the finished
     process and the runs folder (TUNEBOOK_RUNS) it wrote ci-mini/ under."""
     runs = tmp_path_factory.mktemp("ci-mini-make-train") / "runs"
-    cmd = ["make", "train", "RECIPE=ci-mini"]
-    if shutil.which("flock"):
-        cmd = ["flock", "/tmp/tunebook-cpu.lock", *cmd]
+    cmd = [*cpu_lock(), "make", "train", "RECIPE=ci-mini"]
     r = subprocess.run(cmd, cwd=REPO, env={**os.environ, "TUNEBOOK_RUNS": str(runs), "HF_HUB_OFFLINE": "1"},
                        capture_output=True, text=True, timeout=1800)
     return r, runs
@@ -353,9 +364,7 @@ def fact_runs(tmp_path_factory, smollm2) -> FactRuns:
             subprocess.run(["git", "init", "-q", str(root)], check=True)
             results = {}
             for name in FACT_STAGES:
-                cmd = [sys.executable, "-m", "runner.cli", "train", name]
-                if shutil.which("flock"):  # never beside another training (2 cores: both would crawl)
-                    cmd = ["flock", "/tmp/tunebook-cpu.lock", *cmd]
+                cmd = [*cpu_lock(), sys.executable, "-m", "runner.cli", "train", name]
                 r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=1800,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
                 (shared / f"{name}.log").write_text(r.stdout + r.stderr)

@@ -13,7 +13,7 @@ import tarfile
 
 import pytest
 
-from tests.conftest import REPO, SMOLLM2, make_project
+from tests.conftest import REPO, SMOLLM2, cpu_lock, make_project
 from tests.hubserver import HubServer
 
 pytestmark = pytest.mark.e2e
@@ -76,9 +76,7 @@ def downloads(hub) -> list[str]:
 @pytest.fixture(scope="module")
 def first_run(hub, project, tmp_path_factory):
     hf_home = tmp_path_factory.mktemp("hf-home")
-    cmd = ["make", "-C", str(REPO), "train", "RECIPE=hub-mini"]
-    if os.path.exists("/usr/bin/flock"):
-        cmd = ["flock", "/tmp/tunebook-cpu.lock", *cmd]
+    cmd = [*cpu_lock(), "make", "-C", str(REPO), "train", "RECIPE=hub-mini"]
     e = {**env(hub, hf_home), "TUNEBOOK_ROOT": str(project)}
     r = subprocess.run(cmd, env=e, capture_output=True, text=True, timeout=1800)
     return r, hf_home, len(downloads(hub))

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 
 import pytest
 
 from runner.recipe.shipped import has_model
-from tests.conftest import run_cli, status_rows
+from tests.conftest import cpu_lock, run_cli, status_rows
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +27,7 @@ def write_recipe(fact_runs, name: str, merge_block: str) -> None:
 
 def train(fact_runs, name: str):
     cmd = ["train", name]
-    # Never beside another heavy run (2 cores), as fact_runs trains.
-    prefix = ["flock", "/tmp/tunebook-cpu.lock"] if shutil.which("flock") else []
+    prefix = cpu_lock()  # as fact_runs trains
     import subprocess
 
     r = subprocess.run([*prefix, sys.executable, "-m", "runner.cli", *cmd], cwd=fact_runs.root, capture_output=True,

@@ -26,7 +26,7 @@ import pytest
 
 from runner.evaluate.metrics import contains
 from runner.ship import serve_state, vllm_env
-from tests.conftest import REPO
+from tests.conftest import CPU_LOCK, REPO, cpu_lock
 
 pytestmark = pytest.mark.e2e
 
@@ -47,9 +47,12 @@ F1_TOLERANCE = 0.05
 
 
 def _env(root: Path) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "TUNEBOOK_SERVE_VENV": str(VENV), "TUNEBOOK_ROOT": str(root),
-            # a bounded KV cache (GiB) on a shared machine; vLLM would otherwise size it from free memory
-            "VLLM_CPU_KVCACHE_SPACE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNEBOOK_SERVE_VENV": str(VENV), "TUNEBOOK_ROOT": str(root),
+           # a bounded KV cache (GiB) on a shared machine; vLLM would otherwise size it from free memory
+           "VLLM_CPU_KVCACHE_SPACE": "1"}
+    if not cpu_lock():  # one thread per job (make test): vLLM's OpenMP threads on one core, beside the other job
+        env["VLLM_CPU_OMP_THREADS_BIND"] = "0"
+    return env
 
 
 def tunebook(root: Path, *args, timeout=300) -> subprocess.CompletedProcess:
@@ -87,9 +90,10 @@ class Server:
 @pytest.fixture(scope="module")
 def served(fact_runs):
     """facts-a and facts-b served by `tunebook serve` (the real CLI, a subprocess); stopped at the end if a test
-    did not stop it. The CPU lock (a developer machine's; CI has none waiting) is held while vLLM runs."""
-    with open("/tmp/tunebook-cpu.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    did not stop it. Where jobs take every core, the CPU lock is held while vLLM runs (tests.conftest.cpu_lock)."""
+    with open(CPU_LOCK, "w") as lock:
+        if cpu_lock():
+            fcntl.flock(lock, fcntl.LOCK_EX)
         t0 = time.monotonic()
         srv = Server(fact_runs.root)
         try:
