@@ -8,6 +8,7 @@ for a path instead of spelling `"merged"` or `"metrics.json"` itself, so moving 
       tunebook.lock  .tunebook-run.lock  manifest.json  report.md  plots/
       data/<block>/{train,validation,held_out}.jsonl   data/report.json
       <stage>/ axolotl.yaml merge.yaml mergekit.yaml train.log inputs.hash best_epoch.json
+               early_stop.json
                output/ (adapter or model, checkpoints)  merged/  prepared/
                metrics.json predictions.jsonl serve-eval.json (eval stages)
       eval/ (answer cache)  bench/  launch/  launch.json  export/  source/ (bench --synthetic-rows)
@@ -89,6 +90,11 @@ class StageLayout:
     @property
     def best_epoch(self) -> Path:
         return self.dir / "best_epoch.json"
+
+    @property
+    def early_stop(self) -> Path:
+        """The early-stopping rule's record (runner.early_stopping): epochs run, and why training stopped."""
+        return self.dir / "early_stop.json"
 
     @property
     def metrics(self) -> Path:

@@ -78,6 +78,8 @@ def cmd_resolve(args) -> int:
             src, why = s.sources.get(k, ("?", None))
             t.add_row(k, text, src, why or "")
         con.print(t)
+        for note in s.notes:
+            con.print(f"[yellow]note:[/] stage {s.name}: {note}")
     return 0
 
 

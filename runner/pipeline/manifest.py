@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+from runner import early_stopping as es
 from runner.errors import TunebookError
 from runner.fsutil import atomic_write_json, sha256_file
 from runner.pipeline.lock import LOCK_LIMITS, package_versions
@@ -45,6 +46,21 @@ def read_manifest(path: Path) -> dict:
                             fix=f"Restore it from a backup, or move it aside (`mv {path} {aside}`) and run again "
                                 "(the new manifest then records only the stages that run).")
     return old
+
+
+def epochs_entry(st, hist: list[dict]) -> dict:
+    """How many epochs a training stage planned and ran, whether the early-stopping rule cut it short, and why
+    (from the rule's record, runner.early_stopping; without the rule, from the trainer's log). A stage sized by
+    max_steps plans no epochs."""
+    cfg = st.config or {}
+    rec = es.read_record(st.paths.early_stop) if cfg.get(es.CONFIG_KEY) else None
+    if rec is not None:
+        return {"epochs_planned": rec["epochs_planned"], "epochs_run": rec["epochs_run"],
+                "stopped_early": rec["stopped_early"], "stop_reason": rec["reason"]}
+    epochs = [h["epoch"] for h in hist if isinstance(h.get("epoch"), (int, float))]
+    return {"epochs_planned": None if cfg.get("max_steps") else cfg.get("num_epochs"),
+            "epochs_run": round(float(epochs[-1]), 2) if epochs else None, "stopped_early": False,
+            "stop_reason": f"early stopping off: {st.early_stopping_off}" if st.early_stopping_off else None}
 
 
 class Manifest:
@@ -86,8 +102,10 @@ class Manifest:
     def record_stage(self, st, started, finished, seconds):
         entry = {"kind": st.kind, "started": started, "finished": finished, "seconds": round(seconds, 1)}
         if st.config is not None and st.kind != "merge":
-            entry["metrics"] = trainlog.summary(trainlog.history(st.run_dir))
+            hist = trainlog.history(st.run_dir)
+            entry["metrics"] = trainlog.summary(hist)
             entry["base_model"] = st.config.get("base_model")
+            entry.update(epochs_entry(st, hist))
         if st.kind == "eval":
             f = st.paths.metrics
             if f.is_file():

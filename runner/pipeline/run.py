@@ -58,6 +58,8 @@ def begin_attempt(stage: ResolvedStage, input_hash: str, entry: dict | None = No
             say(f"{stage.name}: starting fresh (no record of an interrupted attempt with these inputs)")
         for sub in left:
             shutil.rmtree(sub)
+        # An earlier attempt's early-stopping record would describe epochs this attempt never ran.
+        stage.paths.early_stop.unlink(missing_ok=True)
     stage.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, input_hash + "\n")
 

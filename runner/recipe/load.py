@@ -47,6 +47,7 @@ OWNED_AXOLOTL_KEYS = {
     "lora_model_dir": "`from: adapter` on a dpo stage (continue the previous stage's adapter)",
     "resume_from_checkpoint": "nothing: tunebook resumes an interrupted stage from its last checkpoint itself",
     "auto_resume_from_checkpoints": "nothing: tunebook resumes an interrupted stage from its last checkpoint itself",
+    "tunebook_early_stopping": "`training.early_stopping` (tunebook's early-stopping rule; `false` turns it off)",
     "deepspeed": "a preset that names a DeepSpeed config (e.g. `preset: full-ft-multigpu`; presets live in "
                  "recipes/presets/)",
 }

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner import early_stopping as es
 from runner import hardware as hw
 from runner.formats import block_format
 from runner.layout import RunLayout, StageLayout
@@ -77,7 +78,10 @@ class ResolvedStage:
     run_dir: Path
     data_block: str | None = None
     upstream: str | None = None
+    # Lines about this stage alone that `tunebook resolve` prints under its table (e.g. why early stopping is off).
     notes: list[str] = field(default_factory=list)
+    # Why the early-stopping rule does not apply to this training stage (None: it does, or the stage trains nothing).
+    early_stopping_off: str | None = None
     # Share of this stage's training rows the data step carves out as validation.jsonl (sft only): decided
     # here, with the derived defaults, so the data step never derives anything itself.
     validation_fraction: float = 0.0
@@ -241,6 +245,7 @@ class _Context:
     tmpl_keys: dict
     tmpl_why: dict
     data_main: dict
+    notes: list[str] = field(default_factory=list)  # recipe-level notes the stages add (resolve() reports them)
 
 
 def _template_check(rec: Recipe, template_check: bool) -> tuple[dict, dict, list[str], Path | None]:
@@ -395,6 +400,78 @@ def _tracking(cfg: Layered, rec: Recipe, s: Stage) -> None:
         cfg.set("mlflow_run_name", f"{rec.name}-{s.name}", "recipe tracking")
 
 
+def _asked_early_stopping(rec: Recipe, s: Stage) -> tuple[dict | bool | None, str]:
+    """(setting, source) of `training.early_stopping`: the stage's over the recipe's, key by key; None when
+    neither sets it, False when the later one turns it off, a mapping of the keys set otherwise."""
+    asked, source = None, "derived"
+    for block, src in (((rec.data.get("training") or {}), "recipe"),
+                       ((s.body.get("training") or {}), f"stage {s.name}")):
+        v = block.get("early_stopping")
+        if v is None:
+            continue
+        if v is False:
+            asked = False
+        else:
+            asked = {**(asked if isinstance(asked, dict) else {}), **(v if isinstance(v, dict) else {})}
+        source = src
+    return asked, source
+
+
+def _early_stopping_blocker(values: dict, kind: str, rule: es.Rule) -> str | None:
+    """Why the rule cannot apply to a stage's final config (None: it can)."""
+    if kind != "sft":
+        return f"{kind} stages are not evaluated on a validation split"
+    if not values.get("test_datasets") or values.get("eval_strategy") != "epoch" \
+            or values.get("save_strategy") != "epoch":
+        return ("the stage has no validation split evaluated and checkpointed once per epoch "
+                "(data.validation_fraction gives it one)")
+    if values.get("max_steps"):
+        return "max_steps is set: the stage runs a fixed number of steps"
+    if values.get("early_stopping_patience"):
+        return "the axolotl: block sets Axolotl's own early_stopping_patience"
+    epochs = float(values.get("num_epochs") or 1)
+    if epochs <= rule.min_epochs:
+        return f"{epochs:g} epochs planned, not more than min_epochs ({rule.min_epochs}): nothing to cut short"
+    return None
+
+
+def _early_stopping(cfg: Layered, ctx: _Context, s: Stage, sdir: Path) -> str | None:
+    """tunebook's early-stopping rule (runner.early_stopping) for a training stage, decided on its final config
+    (after the raw `axolotl:` blocks, which may change the epochs or the evaluation): on by default for an sft stage
+    evaluated on a validation split once per epoch, for more epochs than the rule's minimum and without max_steps;
+    `training.early_stopping` overrides the rule's settings or (false) turns it off. The plugin runs it inside
+    Axolotl's trainer; the settings are part of the config, so the lock treats them as the stage's inputs.
+    Returns why the rule is off (None when it is on)."""
+    asked, source = _asked_early_stopping(ctx.rec, s)
+    if asked is False:
+        return f"training.early_stopping is false ({source})"
+    rule = es.Rule.from_dict(asked or {})
+    blocker = _early_stopping_blocker(cfg.values, s.kind, rule)
+    if blocker:
+        if asked is not None:  # asked for in the recipe: say so wherever the recipe is used, not only in resolve
+            ctx.notes.append(f"stage {s.name}: training.early_stopping is set but cannot apply: {blocker}")
+        return blocker
+    settings = {**rule.to_dict(), "record": str(StageLayout(sdir).early_stop)}
+    if asked:
+        why = (f"training.early_stopping ({', '.join(f'{k} {v:g}' for k, v in sorted(asked.items()))}; the rest "
+               f"derived): {rule.describe()}")
+    else:
+        why = (f"{rule.describe()}. Learned: validation answers, never trained on, predicted at >= "
+               f"{math.exp(-rule.memorised):.1%} per token; patience {rule.patience}: hr-bot's validation loss "
+               "moves 1-2% between epochs while its held-out score still rises (docs/quality.md, Early stopping)")
+    cfg.set(es.CONFIG_KEY, settings, source, why)
+    plugins = list(cfg.values.get("plugins") or [])
+    if es.AXOLOTL_PLUGIN not in plugins:
+        old_source, old_why = cfg.sources.get("plugins", (None, None))
+        if plugins:
+            cfg.set("plugins", [*plugins, es.AXOLOTL_PLUGIN], old_source,
+                    f"{old_why + '; ' if old_why else ''}plus tunebook's early stopping ({es.AXOLOTL_PLUGIN})")
+        else:
+            cfg.set("plugins", [es.AXOLOTL_PLUGIN], source,
+                    "runs tunebook's early-stopping rule inside Axolotl's trainer (see tunebook_early_stopping)")
+    return None
+
+
 def _validation_fraction(kind: str, block: dict, config: dict) -> float:
     """The validation split the data step carves for a stage: the block's (declared or derived), or the
     default one when the recipe's `axolotl:` asks for test_datasets itself."""
@@ -417,9 +494,14 @@ def _wire_stage(ctx: _Context, s: Stage, cfg: Layered, up: ResolvedStage | None,
     _tracking(cfg, rec, s)
     cfg.update(rec.data.get("axolotl"), "recipe axolotl:")
     cfg.update(s.body.get("axolotl"), f"stage {s.name} axolotl:")
-    return ResolvedStage(s.name, s.kind, s.index, cfg.values, cfg.sources, sdir, block_name,
-                         up.name if up else None,
-                         validation_fraction=_validation_fraction(s.kind, block, cfg.values))
+    off = _early_stopping(cfg, ctx, s, sdir)
+    rs = ResolvedStage(s.name, s.kind, s.index, cfg.values, cfg.sources, sdir, block_name,
+                       up.name if up else None,
+                       validation_fraction=_validation_fraction(s.kind, block, cfg.values))
+    rs.early_stopping_off = off
+    if off and s.kind == "sft":
+        rs.notes.append(f"early stopping off: {off}")
+    return rs
 
 
 def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | None = None,
@@ -462,6 +544,7 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
             res.data_blocks[rs.data_block] = s.body["data"]
         prev_output[s.name] = rs
         res.stages.append(rs)
+    res.notes += ctx.notes
     if adapted:
         where = h.describe() if h.cuda else "no CUDA GPU"
         res.notes.insert(0, f"adapted the preset to the machine ({where}): {', '.join(adapted)}")

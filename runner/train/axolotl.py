@@ -11,6 +11,8 @@ from pathlib import Path
 from runner import hardware as hw
 from runner.errors import TunebookError
 
+# The tree this `runner` package was imported from, when it is a source checkout (pyproject.toml beside runner/).
+SOURCE_TREE = Path(__file__).resolve().parents[2]
 RELEVANT = re.compile(r"(Error|Exception|error:|Traceback|CUDA|out of memory|Killed|ValueError|raise )")
 
 
@@ -44,7 +46,8 @@ def axolotl_cmd(*args: str) -> list[str]:
 
 def child_env(extra: dict | None = None) -> dict:
     """Environment for Axolotl: our venv's bin on PATH (Axolotl execs `accelerate` by name), all cores for
-    torch (accelerate otherwise pins one thread), offline-friendly telemetry settings."""
+    torch (accelerate otherwise pins one thread), offline-friendly telemetry settings, this checkout of tunebook
+    first on PYTHONPATH."""
     env = dict(os.environ)
     env["PATH"] = f"{venv_bin()}{os.pathsep}{env.get('PATH', '')}"
     env.setdefault("OMP_NUM_THREADS", str(hw.cpu_cores()))
@@ -52,6 +55,12 @@ def child_env(extra: dict | None = None) -> dict:
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env.setdefault("PYTHONUNBUFFERED", "1")
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    if (SOURCE_TREE / "pyproject.toml").is_file():
+        # Axolotl imports tunebook's own plugin (runner.train.early_stop_plugin) in its process: it must be this
+        # checkout's, the code that resolved the config, even when the venv's editable install points at another
+        # checkout (a git worktree). An installed tunebook (site-packages) needs nothing: it is on Axolotl's path.
+        rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(SOURCE_TREE)]
+        env["PYTHONPATH"] = os.pathsep.join([str(SOURCE_TREE), *rest])
     env.update(extra or {})
     return env
 

@@ -18,6 +18,23 @@ def env_capabilities() -> dict:
     return {"torch_version": str(torch.__version__).split("+", maxsplit=1)[0]}
 
 
+def register_own_plugins(cfg: dict) -> None:
+    """Register tunebook's own Axolotl plugin when a config names it. Axolotl checks a plugin's keys only once the
+    plugin is registered (`axolotl train` does it in prepare_plugins, before validating); unregistered, its keys
+    would be ignored without a word. Other plugins are left alone, as before: registering one may have side effects
+    in this process (Liger's sets environment variables), and Axolotl then ignores their keys here."""
+    from runner.early_stopping import AXOLOTL_PLUGIN
+
+    if AXOLOTL_PLUGIN not in (cfg.get("plugins") or []):
+        return
+    import importlib
+
+    from axolotl.integrations.base import PluginManager
+
+    importlib.import_module(AXOLOTL_PLUGIN.rsplit(".", 1)[0])  # a broken module fails here, not silently in Axolotl
+    PluginManager.get_instance().register(AXOLOTL_PLUGIN)
+
+
 def check_config(cfg: dict, hardware=None) -> list[str]:
     """Problems Axolotl finds in one config, as readable lines ('key: message'); empty when valid.
 
@@ -30,6 +47,7 @@ def check_config(cfg: dict, hardware=None) -> list[str]:
     from axolotl.utils.dict import DictDefault
 
     logging.getLogger("axolotl").setLevel(logging.ERROR)
+    register_own_plugins(cfg)
     try:
         with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
             if hardware is not None and hardware.cuda:

@@ -2,8 +2,9 @@
 after a crash), keep the best epoch, merge the adapter when a later stage starts from the merged model.
 
 Writes into the stage folder (runs/<recipe>/<stage>/, see runner.layout): axolotl.yaml (and merge.yaml), train.log,
-output/ (adapter or model, checkpoints), merged/, best_epoch.json. The pipeline decides whether a stage runs and
-records what it made; this module only runs it.
+output/ (adapter or model, checkpoints), merged/, best_epoch.json, and early_stop.json (written by the early-stopping
+plugin inside Axolotl, runner.train.early_stop_plugin). The pipeline decides whether a stage runs and records what it
+made; this module only runs it.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from runner import early_stopping as es
 from runner.console import say
 from runner.errors import TunebookError
 from runner.fsutil import atomic_write_text, sha256_file
@@ -145,13 +147,29 @@ def keep_best_epoch(stage: ResolvedStage) -> dict | None:
     return best
 
 
+def report_early_stop(stage: ResolvedStage) -> dict | None:
+    """Say how many epochs a stage that ran with the early-stopping rule trained and why it stopped (the record the
+    plugin left, runner.early_stopping); None for a stage without the rule."""
+    if not (stage.config or {}).get(es.CONFIG_KEY):
+        return None
+    rec = es.read_record(stage.paths.early_stop)
+    if rec is None or not rec.get("finished"):
+        # Axolotl skips a plugin it cannot import with only a printed error, and then ignores its settings.
+        say(f"warning: {stage.name}: early stopping was on, but training left no final record at "
+            f"{stage.paths.early_stop}: the plugin {es.AXOLOTL_PLUGIN} may not have loaded (see {stage.paths.log})")
+        return None
+    say(es.stop_message(stage.name, rec))
+    return rec
+
+
 def after_training(res: ResolvedRecipe, stage: ResolvedStage) -> None:
-    """Record the chosen epoch and warn when most computed tokens were not trained."""
+    """Report early stopping, record the chosen epoch and warn when most computed tokens were not trained."""
+    report_early_stop(stage)
     best = keep_best_epoch(stage)
     if best:
         say(f"{stage.name}: kept epoch {best['epoch']:g} of {best['epochs_run']:g} "
             f"(validation loss {best['eval_loss']:.4f}, lowest {best['lowest_eval_loss']:.4f}; per epoch: "
-            + ", ".join(f"{x:.3f}" for x in best["eval_loss_per_epoch"]) + ")")
+            + ", ".join("nan" if x is None else f"{x:.3f}" for x in best["eval_loss_per_epoch"]) + ")")
     s = trainlog.summary(trainlog.history(stage.run_dir))
     share = s.get("trained_share")
     if share is not None:

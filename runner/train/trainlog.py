@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 from pathlib import Path
 
@@ -71,7 +72,11 @@ def summary(hist: list[dict]) -> dict:
         out.update(train_loss_first=losses[0], train_loss_last=losses[-1], train_loss_min=min(losses),
                    logged_steps=len(losses))
     if evals:
-        out.update(eval_loss=evals, eval_loss_best=min(evals))
+        # JSON has no NaN (tunebook's readers refuse it, and the manifest is read back): a diverged epoch is null.
+        finite = [e for e in evals if _finite(e)]
+        out.update(eval_loss=[e if _finite(e) else None for e in evals])
+        if finite:
+            out.update(eval_loss_best=min(finite))
     if margins:
         out.update(reward_margin_first=margins[0], reward_margin_last=margins[-1])
     if acc:
@@ -87,22 +92,30 @@ def summary(hist: list[dict]) -> dict:
     return out
 
 
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
 def best_epoch(output_dir: Path, tolerance: float = 0.02) -> dict | None:
     """The epoch to keep: the latest one whose validation loss is within `tolerance` (relative) of the
     lowest. Validation loss flattens while a model is still memorising facts, so among epochs that are
-    equally good by it the later one is kept; a real rise (overfitting) loses."""
+    equally good by it the later one is kept; a real rise (overfitting) loses. An epoch whose loss is NaN or
+    infinite (diverged) is never kept. Only the epochs that ran count: a stage the early-stopping rule cut short
+    has fewer checkpoints than epochs planned, and its last checkpoint's log has them all."""
     states = _states(output_dir)
     if not states:
         return None
     state = json.loads(states[-1].read_text())
     saved = {int(p.parent.name.split("-")[-1]) for p in states}
     evals = [h for h in state.get("log_history", []) if "eval_loss" in h and h.get("step") in saved]
-    if not evals:
+    finite = [h for h in evals if _finite(h["eval_loss"])]
+    if not finite:
         return None
-    lowest = min(h["eval_loss"] for h in evals)
-    pick = [h for h in evals if h["eval_loss"] <= lowest * (1 + tolerance)][-1]
+    lowest = min(h["eval_loss"] for h in finite)
+    pick = [h for h in finite if h["eval_loss"] <= lowest * (1 + tolerance)][-1]
     return {"epoch": round(float(pick.get("epoch", 0)), 2), "step": int(pick["step"]),
             "checkpoint": f"checkpoint-{int(pick['step'])}", "eval_loss": float(pick["eval_loss"]),
             "lowest_eval_loss": float(lowest), "tolerance": tolerance,
             "epochs_run": round(float(state.get("epoch", 0)), 2),
-            "eval_loss_per_epoch": [round(float(h["eval_loss"]), 4) for h in evals]}
+            "eval_loss_per_epoch": [round(float(h["eval_loss"]), 4) if _finite(h["eval_loss"]) else None
+                                    for h in evals]}

@@ -31,6 +31,9 @@ Behaviour on demand (environment):
   TUNEBOOK_STANDIN_STEP_SECONDS=S    sleep S seconds per step (default 0)
   TUNEBOOK_STANDIN_STEPS_PER_EPOCH=N override the steps-per-epoch estimate (rows / batch, or packed tokens / bin)
   TUNEBOOK_STANDIN_EVAL_LOSSES=a,b,c eval_loss at the 1st, 2nd, ... evaluation (default: a falling curve)
+
+A config naming tunebook's early-stopping plugin (`tunebook_early_stopping`) stops and leaves early_stop.json as
+the plugin does in real Axolotl (class EarlyStopping below, on tunebook's own rule).
 """
 from __future__ import annotations
 
@@ -314,6 +317,38 @@ def printed(d: dict) -> str:
     return str({k: (v if k == "step" else fmt(v)) for k, v in d.items() if k != "step"})
 
 
+class EarlyStopping:
+    """What tunebook's early-stopping plugin (runner.train.early_stop_plugin) does inside real Axolotl when the
+    config names it: the same rule (runner.early_stopping) judges the validation losses after each evaluation, the
+    stop comes after that epoch's checkpoint, and the same record is written."""
+
+    def __init__(self, cfg: dict):
+        from runner import early_stopping as es  # tunebook's package: first on PYTHONPATH (runner.train.axolotl)
+
+        self.es, self.settings = es, dict(cfg["tunebook_early_stopping"])
+        self.rule, self.planned = es.Rule.from_dict(self.settings), float(cfg.get("num_epochs") or 1)
+        self.stopped = False
+
+    def _write(self, history: list[dict], step: int, finished: bool) -> None:
+        losses = [h["eval_loss"] for h in history if "eval_loss" in h]
+        self.es.write_record(self.settings["record"],
+                             self.es.record(losses, self.rule, self.planned, self.stopped, step, finished))
+
+    def evaluated(self, history: list[dict], step: int, total: int) -> bool:
+        """After an evaluation (and that epoch's save): does training stop here?"""
+        v = self.es.judge([h["eval_loss"] for h in history if "eval_loss" in h], self.rule)
+        self.stopped = v.stop and step < total
+        if self.stopped:
+            print(f"tunebook early stopping: stopping after epoch {v.epoch} of {self.planned:g}: {v.reason}",
+                  flush=True)
+        self._write(history, step, finished=False)
+        return self.stopped
+
+    def finish(self, history: list[dict], step: int) -> None:
+        if any("eval_loss" in h for h in history):
+            self._write(history, step, finished=True)
+
+
 def train(cfg: dict, record: dict) -> None:
     out = Path(str(cfg["output_dir"]))
     rows = dataset_rows(cfg)
@@ -343,8 +378,11 @@ def train(cfg: dict, record: dict) -> None:
     hang_at = int(os.environ.get("TUNEBOOK_STANDIN_HANG_AT") or 0)
     pause = float(os.environ.get("TUNEBOOK_STANDIN_STEP_SECONDS") or 0)
     n_evals = sum(1 for h in history if "eval_loss" in h)
+    stopping = EarlyStopping(cfg) if cfg.get("tunebook_early_stopping") else None
     t0 = time.time()
+    last = start
     for step in range(start + 1, total + 1):
+        last = step
         record["last_step"] = step
         if step == fail_at:
             traceback_exit("core/trainers/base", f"stand-in: failing at step {step} (TUNEBOOK_STANDIN_FAIL_AT)")
@@ -382,15 +420,19 @@ def train(cfg: dict, record: dict) -> None:
             for old in (kept[:-limit] if limit else []):
                 log("INFO", "transformers.trainer", f"Deleting older checkpoint [{old}] due to args.save_total_limit")
                 shutil.rmtree(old)
-    record["global_step"] = total
+        if stopping and "eval_loss" in history[-1] and stopping.evaluated(history, step, total):
+            break
+    if stopping:
+        stopping.finish(history, last)
+    record["global_step"] = last
     losses = [h["loss"] for h in history if "loss" in h]
     end = {"train_runtime": max(time.time() - t0, 0.01), "train_samples_per_second": 0.408,
            "train_steps_per_second": 0.102, "train_loss": sum(losses) / max(1, len(losses)),
            "memory/max_active (GiB)": 0.0, "memory/max_allocated (GiB)": 0.0, "memory/device_reserved (GiB)": 0.0,
-           "epoch": round(total / spe, 4)}
+           "epoch": round(last / spe, 4)}
     print(printed(end), flush=True)
     log("INFO", "axolotl.train", f"Training completed! Saving trained model to {out}.")
-    write_weights(out, cfg, seed, total)
+    write_weights(out, cfg, seed, last)
     log("INFO", "axolotl.train", f"Model successfully saved to {out}")
 
 

@@ -187,6 +187,47 @@ def test_the_epoch_kept_is_chosen_on_the_validation_loss(proj, standin, monkeypa
     assert manifest(root)["stages"]["sft"]["best_epoch"] == best
 
 
+def test_a_stage_stopped_early_reports_why_and_the_manifest_records_it(proj, standin, monkeypatch):
+    """The early-stopping rule (the stand-in runs it as the plugin does in Axolotl): it stops after epoch 3 of 8,
+    `train` says why, the best of the three epochs is kept, and the manifest records the epochs; its settings are
+    stage inputs (turning it off re-runs the stage, which then trains every epoch)."""
+    root = proj(EPOCHS.replace("epochs: 3", "epochs: 8"))
+    monkeypatch.setenv("TUNEBOOK_STANDIN_EVAL_LOSSES", "2.0,0.5,0.0005,0.0004")
+    r = train(root)
+    reason = "validation loss 0.0005 is under 0.001 per trained token (the model has learned the set)"
+    assert f"sft: stopped after epoch 3 of 8: {reason}" in r.stderr
+    assert "sft: kept epoch 3 of 3 (validation loss 0.0005" in r.stderr
+    out = root / "runs/r/sft/output"
+    assert len(list(out.glob("checkpoint-*"))) == 3
+    rec = json.loads((root / "runs/r/sft/early_stop.json").read_text())
+    assert rec["stopped_early"] and rec["finished"] and rec["eval_loss_per_epoch"] == [2.0, 0.5, 0.0005]
+    sft = manifest(root)["stages"]["sft"]
+    assert (sft["epochs_planned"], sft["epochs_run"], sft["stopped_early"]) == (8, 3, True)
+    assert sft["stop_reason"] == reason and sft["best_epoch"]["checkpoint"] == f"checkpoint-{rec['step']}"
+    assert "nothing to do" in train(root).stderr
+
+    recipe = root / "recipes/r.yaml"
+    recipe.write_text(recipe.read_text().replace("sample_packing: false}", "sample_packing: false, "
+                                                                           "early_stopping: false}"))
+    assert status(root)["sft"] == ("stale", "its resolved Axolotl config changed")
+    r = train(root)
+    assert "stopped after" not in r.stderr and "early stopping did not fire" not in r.stderr
+    assert not (root / "runs/r/sft/early_stop.json").exists(), "the earlier attempt's record went with it"
+    sft = manifest(root)["stages"]["sft"]
+    assert (sft["epochs_planned"], sft["epochs_run"], sft["stopped_early"]) == (8, 8, False)
+    assert sft["stop_reason"] == "early stopping off: training.early_stopping is false (recipe)"
+    assert len(list(out.glob("checkpoint-*"))) == 8
+
+
+def test_a_stage_that_ran_every_epoch_says_the_rule_did_not_fire(proj, standin, monkeypatch):
+    root = proj(EPOCHS.replace("epochs: 3", "epochs: 4"))
+    monkeypatch.setenv("TUNEBOOK_STANDIN_EVAL_LOSSES", "1.20,0.95,0.90,0.885")
+    r = train(root)
+    assert "sft: early stopping did not fire: all 4 planned epochs ran; after the last: validation loss 0.885" in r.stderr
+    sft = manifest(root)["stages"]["sft"]
+    assert (sft["epochs_planned"], sft["epochs_run"], sft["stopped_early"]) == (4, 4, False)
+
+
 def test_a_failed_gate_is_recorded_and_stops_the_pipeline(proj, standin):
     root = proj(EVAL, threshold=0.99)
     r = train(root, ok=False)

@@ -286,6 +286,18 @@ def test_bench_config_runs_warmup_plus_steps_and_saves_nothing(project, l8b_dir,
     assert check_config(out) == []
 
 
+def test_bench_config_drops_early_stopping_and_keeps_the_other_plugins(project, l8b_dir, tmp_path):
+    from runner import early_stopping as es
+
+    st, _ = _stage(project, "lora-h100", l8b_dir, H100)
+    rule = {**es.DEFAULT.to_dict(), "record": str(tmp_path / "sft" / "early_stop.json")}
+    cfg = {**st.config, "plugins": [*st.config["plugins"], es.AXOLOTL_PLUGIN], es.CONFIG_KEY: rule}
+    out = B.bench_config(cfg, tmp_path / "v", warmup=3, steps=10)
+    assert es.CONFIG_KEY not in out and out["plugins"] == [P.LIGER_PLUGIN]
+    only = B.bench_config({**cfg, "plugins": [es.AXOLOTL_PLUGIN]}, tmp_path / "w", warmup=3, steps=10)
+    assert "plugins" not in only
+
+
 def test_bench_refuses_bad_options(tmp_path):
     with pytest.raises(TunebookError, match="--warmup"):
         B.bench("x", tmp_path, B.Options(warmup=0))

@@ -145,3 +145,27 @@ def test_cli_traversal_exit_2(project, cli):
     root = project({"t": GOOD}, {"data/train.jsonl": ROWS})
     r = cli("validate", "../../etc/passwd", cwd=root)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "not a recipe in recipes/" in r.stderr
+
+
+@pytest.mark.parametrize("value,message", [
+    ("{patience: 0}", "training.early_stopping.patience: must be >= 1, found 0"),
+    ("{min_delta: 2}", "training.early_stopping.min_delta: must be <= 1, found 2"),
+    ("{patiense: 2}", "unknown key 'patiense'; did you mean 'patience'?"),
+    ("sometimes", "training.early_stopping: expected boolean"),
+])
+def test_early_stopping_settings_are_checked_at_their_line(project, value, message):
+    err = _errors(project, GOOD.replace("learning_rate: 2.0e-4", f"early_stopping: {value}"))
+    assert "recipes/t.yaml:7" in str(err) and message in str(err)
+
+
+@pytest.mark.parametrize("value", ["false", "true", "{patience: 3, min_delta: 0.005, memorised: 0, min_epochs: 3}"])
+def test_early_stopping_settings_load(project, value):
+    root = project({"t": GOOD.replace("learning_rate: 2.0e-4", f"early_stopping: {value}")},
+                   {"data/train.jsonl": ROWS})
+    assert load_recipe("t", root).data["training"]["early_stopping"] is not None
+
+
+def test_the_rules_axolotl_key_is_refused_in_the_axolotl_block(project):
+    err = _errors(project, GOOD + "axolotl: {tunebook_early_stopping: {patience: 1}}\n")
+    assert "axolotl.tunebook_early_stopping: `tunebook_early_stopping` is set by tunebook itself" in str(err)
+    assert "use `training.early_stopping`" in str(err)

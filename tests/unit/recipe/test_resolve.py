@@ -172,3 +172,115 @@ def test_axolotl_validates_with_the_gpus_capabilities(project):
     sft = _res(project, text, a100).stages[0]
     assert any("fp8" in p for p in check_config(sft.config, a100))
     assert check_config(sft.config) == []  # what validation without capabilities (the old check) saw
+
+
+# ---------------------------------------------------------------------------------------------- early stopping
+EPOCHS = """\
+base_model: org/model
+data: {{train: data/train.jsonl, format: alpaca, validation_fraction: 0.25}}
+training: {{epochs: 10{training}}}
+{rest}"""
+
+
+def _sft(project, training="", rest="", hw=CPU):
+    res = _res(project, EPOCHS.format(training=training, rest=rest), hw)
+    return res, res.stages[0]
+
+
+def test_early_stopping_is_derived_for_an_sft_stage_with_a_validation_split(project):
+    from runner import early_stopping as es
+
+    res, sft = _sft(project)
+    rule = sft.config["tunebook_early_stopping"]
+    assert rule == {"patience": 2, "min_delta": 0.01, "memorised": 0.001, "min_epochs": 2,
+                    "record": str(sft.paths.early_stop)}
+    assert sft.paths.early_stop == sft.run_dir / "early_stop.json"
+    src, why = sft.sources["tunebook_early_stopping"]
+    assert src == "derived" and "under 0.001 per trained token" in why and "docs/quality.md" in why
+    assert sft.config["plugins"] == [es.AXOLOTL_PLUGIN] and sft.sources["plugins"][0] == "derived"
+    # Every epoch's checkpoint is still kept: the rule only ever makes fewer of them.
+    assert sft.config["save_strategy"] == "epoch" and sft.config["eval_strategy"] == "epoch"
+    assert sft.config["save_total_limit"] >= 11 and not sft.notes
+    assert "load_best_model_at_end" not in sft.config and "early_stopping_patience" not in sft.config
+    assert check_config(sft.config) == []
+
+
+def test_the_recipe_overrides_the_rule_key_by_key_and_a_stage_overrides_the_recipe(project):
+    _, sft = _sft(project, training=", early_stopping: {patience: 3, min_delta: 0.005}")
+    rule = sft.config["tunebook_early_stopping"]
+    assert (rule["patience"], rule["min_delta"], rule["memorised"], rule["min_epochs"]) == (3, 0.005, 0.001, 2)
+    src, why = sft.sources["tunebook_early_stopping"]
+    assert src == "recipe" and why.startswith("training.early_stopping (min_delta 0.005, patience 3; the rest derived)")
+    _, staged = _sft(project, training=", early_stopping: false",
+                     rest="stages:\n  - sft: {training: {early_stopping: {min_epochs: 4}}}\n")
+    assert staged.config["tunebook_early_stopping"]["min_epochs"] == 4
+    assert staged.sources["tunebook_early_stopping"][0] == "stage sft"
+    _, on = _sft(project, training=", early_stopping: true")
+    assert on.config["tunebook_early_stopping"]["patience"] == 2 and on.sources["tunebook_early_stopping"][0] == "recipe"
+
+
+def test_early_stopping_false_turns_it_off(project):
+    res, sft = _sft(project, training=", early_stopping: false")
+    assert "tunebook_early_stopping" not in sft.config and not sft.config.get("plugins")
+    assert sft.notes == ["early stopping off: training.early_stopping is false (recipe)"]
+    assert sft.early_stopping_off == "training.early_stopping is false (recipe)"
+    assert not any("early_stopping" in n for n in res.notes)
+    assert check_config(sft.config) == []
+
+
+def test_max_steps_one_planned_epoch_or_no_validation_split_turn_it_off(project):
+    _, steps = _sft(project, training=", max_steps: 40")
+    assert "tunebook_early_stopping" not in steps.config
+    assert steps.notes == ["early stopping off: max_steps is set: the stage runs a fixed number of steps"]
+    _, two = _sft(project, rest="axolotl: {num_epochs: 2}\n")  # the raw block wins, and the rule sees its value
+    assert "tunebook_early_stopping" not in two.config
+    assert two.early_stopping_off == "2 epochs planned, not more than min_epochs (2): nothing to cut short"
+    res = _res(project, "base_model: org/model\ndata: {train: data/train.jsonl, format: alpaca}\n"
+                        "training: {epochs: 10}\n", CPU)
+    assert "tunebook_early_stopping" not in res.stages[0].config
+    assert "no validation split" in res.stages[0].early_stopping_off
+
+
+def test_asking_for_it_where_it_cannot_apply_is_a_recipe_note(project):
+    res, sft = _sft(project, training=", max_steps: 40, early_stopping: {patience: 3}")
+    assert "tunebook_early_stopping" not in sft.config
+    assert ("stage sft: training.early_stopping is set but cannot apply: max_steps is set: the stage runs a fixed "
+            "number of steps") in res.notes
+
+
+def test_a_raw_plugin_list_keeps_its_plugins_and_gets_the_rule_added(project):
+    from runner import early_stopping as es
+
+    _, sft = _sft(project, rest="axolotl: {plugins: [axolotl.integrations.grokfast.GrokfastPlugin]}\n")
+    assert sft.config["plugins"] == ["axolotl.integrations.grokfast.GrokfastPlugin", es.AXOLOTL_PLUGIN]
+    assert sft.sources["plugins"][0] == "recipe axolotl:" and "early stopping" in sft.sources["plugins"][1]
+    _, steps = _sft(project, rest="axolotl: {eval_strategy: steps, eval_steps: 5}\n")
+    assert "tunebook_early_stopping" not in steps.config and "once per epoch" in steps.early_stopping_off
+
+
+def test_a_dpo_stage_gets_no_early_stopping(project):
+    res = _res(project, EPOCHS.format(training="", rest="stages:\n  - sft\n  - dpo: {data: {train: data/prefs.jsonl, "
+                                                        "format: preference}, training: {epochs: 5}}\n"), CPU)
+    sft, dpo = res.stages
+    assert "tunebook_early_stopping" in sft.config and "tunebook_early_stopping" not in dpo.config
+    assert dpo.early_stopping_off.startswith("dpo stages") and not dpo.notes
+
+
+def test_resolve_shows_the_rule_with_its_source_and_why_it_is_off(tmp_path, tiny_base):
+    from tests.conftest import make_project, tunebook
+
+    recipe = ("base_model: {m}\ndata: {{train: data/train.jsonl, format: alpaca, validation_fraction: 0.25}}\n"
+              "training: {{epochs: 10{t}}}\nstages: [sft]\n")
+    root = make_project(tmp_path, {"on": recipe.format(m=tiny_base, t=""),
+                                   "off": recipe.format(m=tiny_base, t=", early_stopping: false")},
+                        {"data/train.jsonl": ROWS * 4})
+    r = tunebook("--root", str(root), "resolve", "on")
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = next(line for line in r.stdout.splitlines() if line.startswith("│ tunebook_early_stopping"))
+    assert "derived" in row and "stop after an epoch" in row, r.stdout
+    js = json.loads(tunebook("--root", str(root), "resolve", "on", "--json").stdout)["sft"]
+    assert js["sources"]["tunebook_early_stopping"] == "derived"
+    assert js["config"]["tunebook_early_stopping"]["patience"] == 2
+    off = tunebook("--root", str(root), "resolve", "off")
+    assert off.returncode == 0 and "tunebook_early_stopping" not in off.stdout
+    assert "note: stage sft: early stopping off: training.early_stopping is false (recipe)" in off.stdout

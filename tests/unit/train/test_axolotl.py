@@ -4,6 +4,7 @@ log, and the stand-in writes files of the recorded shape, so the bookkeeping tes
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from runner.train import trainlog
@@ -21,6 +22,22 @@ RECORDED_SFT_METRICS = {"train_loss_first": 3.232, "train_loss_last": 1.337, "tr
 def sig4(x: float) -> float:
     """A value as the Trainer prints it in the log (4 significant digits)."""
     return float(f"{x:.4g}")
+
+
+def test_axolotl_imports_tunebooks_plugin_from_this_checkout(tmp_path, monkeypatch):
+    """The early-stopping plugin runs inside Axolotl's process: it must be this checkout's code even when the venv's
+    editable install names another checkout (a git worktree)."""
+    import subprocess
+    import sys
+
+    from runner.train.axolotl import child_env
+
+    monkeypatch.setenv("PYTHONPATH", f"/elsewhere{os.pathsep}{REPO}")
+    env = child_env()
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
+    where = subprocess.run([sys.executable, "-c", "import runner; print(runner.__file__)"],
+                           env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where) == REPO / "runner" / "__init__.py"
 
 
 def test_the_seam_names_the_stand_in(standin, monkeypatch):

@@ -32,6 +32,28 @@ def test_no_checkpoints_no_choice(tmp_path):
     assert best_epoch(tmp_path) is None
 
 
+def test_a_run_stopped_early_keeps_its_best_of_the_epochs_that_ran(tmp_path):
+    # 10 epochs planned, stopped by the early-stopping rule after 3: three checkpoints, the last one's log has all.
+    _ckpts(tmp_path, [0.112, 0.024, 0.0006])
+    b = best_epoch(tmp_path)
+    assert b["checkpoint"] == "checkpoint-30" and b["epochs_run"] == 3
+    assert b["eval_loss_per_epoch"] == [0.112, 0.024, 0.0006]
+
+
+def test_a_diverged_epoch_is_never_kept_and_is_null_in_the_records(tmp_path):
+    nan = float("nan")
+    _ckpts(tmp_path, [nan, 1.0, 0.8, nan])
+    b = best_epoch(tmp_path)
+    assert b["epoch"] == 3 and b["lowest_eval_loss"] == 0.8 and b["eval_loss_per_epoch"] == [None, 1.0, 0.8, None]
+    json.dumps(b, allow_nan=False)
+    s = summary([{"eval_loss": nan}, {"eval_loss": 0.5}])
+    assert s["eval_loss"] == [None, 0.5] and s["eval_loss_best"] == 0.5
+    json.dumps(s, allow_nan=False)
+    empty = tmp_path / "all-nan"
+    _ckpts(empty, [nan, nan])
+    assert best_epoch(empty) is None and "eval_loss_best" not in summary([{"eval_loss": nan}])
+
+
 def test_from_log_reads_trainer_dicts(tmp_path):
     log = tmp_path / "train.log"
     log.write_text(" 17%|  | 1/6 [00:03<00:18] {'loss': '3.487', 'grad_norm': '2.002', 'tokens/trainable': 75, "
