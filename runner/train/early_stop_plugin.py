@@ -61,9 +61,10 @@ def eval_losses(state, metrics: dict | None = None) -> list[float]:
     step, the last logged wins. `metrics` (on_evaluate's) are added when the history does not have them yet."""
     by_step: dict = {}
     for h in state.log_history:
-        if "eval_loss" in h:
+        # An evaluation before the first step (Axolotl runs one) judges the untrained model: it is no epoch.
+        if "eval_loss" in h and h.get("step"):
             by_step[h.get("step")] = float(h["eval_loss"])
-    if metrics and "eval_loss" in metrics and state.global_step not in by_step:
+    if metrics and "eval_loss" in metrics and state.global_step and state.global_step not in by_step:
         by_step[state.global_step] = float(metrics["eval_loss"])
     return list(by_step.values())
 

@@ -87,6 +87,16 @@ def test_losses_come_from_the_log_one_per_step_and_from_metrics_not_yet_logged()
     assert eval_losses(state, {"eval_loss": 0.3}) == [0.45, 0.3]
 
 
+def test_an_evaluation_before_the_first_step_is_no_epoch():
+    """Axolotl evaluates the untrained model at step 0: counted as an epoch, it made a 10-epoch run "11 of 10"
+    and shifted every epoch the rule judged by one."""
+    state = TrainerState()
+    state.log_history = [{"eval_loss": 2.74, "step": 0}, {"eval_loss": 1.09, "step": 5}]
+    assert eval_losses(state) == [1.09]
+    state.global_step = 0
+    assert eval_losses(state, {"eval_loss": 2.74}) == [1.09]
+
+
 def test_only_the_main_process_writes_the_record_but_every_process_stops(tmp_path):
     state = TrainerState(max_steps=70, is_world_process_zero=False)
     cb = _callback(tmp_path)
