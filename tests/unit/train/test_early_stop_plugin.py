@@ -195,10 +195,13 @@ def test_axolotls_validation_keeps_the_settings_and_applies_their_bounds():
     from axolotl.utils.config import validate_config
     from axolotl.utils.dict import DictDefault
 
-    from runner.train.config_check import check_config, register_own_plugins
+    from axolotl.integrations.base import PluginManager
+
+    from runner.train.config_check import check_config
 
     assert check_config(_with_rule()) == []
-    register_own_plugins(_with_rule())
+    # As `axolotl train` does (prepare_plugins) before it validates: Axolotl itself keeps and checks the keys.
+    PluginManager.get_instance().register(es.AXOLOTL_PLUGIN)
     out = validate_config(DictDefault(_with_rule(patience=3)))
     assert out[es.CONFIG_KEY]["patience"] == 3 and out[es.CONFIG_KEY]["record"] == "/tmp/r/sft/early_stop.json"
     assert any("tunebook_early_stopping.patience" in p for p in check_config(_with_rule(patience=0)))
