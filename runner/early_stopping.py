@@ -91,7 +91,20 @@ class Verdict:
 
 
 def finite(x) -> bool:
+    """Is x a number that is neither NaN nor infinite?"""
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def without_rule(cfg: dict) -> dict:
+    """A copy of an Axolotl config without the rule: its settings key and its plugin (`plugins` is left out when
+    no other plugin remains)."""
+    out = {k: v for k, v in cfg.items() if k != CONFIG_KEY}
+    plugins = [p for p in cfg.get("plugins") or [] if p != AXOLOTL_PLUGIN]
+    if plugins:
+        out["plugins"] = plugins
+    else:
+        out.pop("plugins", None)
+    return out
 
 
 def _fmt(x) -> str:

@@ -57,8 +57,7 @@ EXTRA_PACKAGES = ("liger_kernel", "triton", "flash_attn", "torchao", "deepspeed"
 # timed window or write elsewhere.
 BENCH_DROP = ("save_steps", "saves_per_epoch", "test_datasets", "metric_for_best_model", "greater_is_better",
               "evals_per_epoch", "eval_steps", "wandb_project", "wandb_name", "wandb_mode", "wandb_entity",
-              "use_mlflow", "mlflow_experiment_name", "mlflow_run_name", "hub_model_id", "resume_from_checkpoint",
-              es.CONFIG_KEY)
+              "use_mlflow", "mlflow_experiment_name", "mlflow_run_name", "hub_model_id", "resume_from_checkpoint")
 
 # The guide-style recipe the issue compares against: QLoRA or LoRA as the recipe's method, no packing, no Liger,
 # paged 8-bit AdamW, micro batch 2 x accumulation 4, gradient checkpointing.
@@ -82,11 +81,7 @@ def bench_config(stage_cfg: dict, variant_dir: Path, warmup: int, steps: int) ->
     for k in BENCH_DROP:
         cfg.pop(k, None)
     # No evaluation, no early stopping: its record would land in the stage folder the benchmark copied it from.
-    plugins = [p for p in cfg.get("plugins") or [] if p != es.AXOLOTL_PLUGIN]
-    if plugins:
-        cfg["plugins"] = plugins
-    else:
-        cfg.pop("plugins", None)
+    cfg = es.without_rule(cfg)
     paths = StageLayout(Path(variant_dir))
     cfg.update(max_steps=warmup + steps, logging_steps=1, include_tkps=True, save_strategy="no",
                save_first_step=False, eval_strategy="no", val_set_size=0, load_best_model_at_end=False,

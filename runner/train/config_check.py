@@ -26,7 +26,7 @@ def own_plugin_problems(cfg: dict) -> tuple[dict, list[str]]:
     fields: ~70 ms a call, against ~1 ms without, for the thousands of configs of the hardware matrix. So the
     plugin's keys are checked here against the plugin's own model (the one Axolotl merges in), and Axolotl checks
     the rest. Unregistered, Axolotl would also let a typo in them pass without a word."""
-    from runner.early_stopping import AXOLOTL_PLUGIN, CONFIG_KEY
+    from runner.early_stopping import AXOLOTL_PLUGIN, CONFIG_KEY, without_rule
 
     if AXOLOTL_PLUGIN not in (cfg.get("plugins") or []) and CONFIG_KEY not in cfg:
         return cfg, []
@@ -34,12 +34,7 @@ def own_plugin_problems(cfg: dict) -> tuple[dict, list[str]]:
 
     from runner.train.early_stop_plugin import EarlyStoppingArgs
 
-    rest = {k: v for k, v in cfg.items() if k != CONFIG_KEY}
-    plugins = [p for p in cfg.get("plugins") or [] if p != AXOLOTL_PLUGIN]
-    if plugins:
-        rest["plugins"] = plugins
-    else:
-        rest.pop("plugins", None)
+    rest = without_rule(cfg)
     try:
         EarlyStoppingArgs.model_validate({CONFIG_KEY: cfg.get(CONFIG_KEY)})
     except ValidationError as exc:

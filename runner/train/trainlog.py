@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 from pathlib import Path
 
+from runner import early_stopping as es
 from runner.layout import StageLayout
 
 DICT_RE = re.compile(r"\{'(?:loss|eval_loss|train_runtime|train_loss|epoch|rewards/)[^{}]*\}")
@@ -73,8 +73,8 @@ def summary(hist: list[dict]) -> dict:
                    logged_steps=len(losses))
     if evals:
         # JSON has no NaN (tunebook's readers refuse it, and the manifest is read back): a diverged epoch is null.
-        finite = [e for e in evals if _finite(e)]
-        out.update(eval_loss=[e if _finite(e) else None for e in evals])
+        finite = [e for e in evals if es.finite(e)]
+        out.update(eval_loss=[e if es.finite(e) else None for e in evals])
         if finite:
             out.update(eval_loss_best=min(finite))
     if margins:
@@ -92,10 +92,6 @@ def summary(hist: list[dict]) -> dict:
     return out
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def best_epoch(output_dir: Path, tolerance: float = 0.02) -> dict | None:
     """The epoch to keep: the latest one whose validation loss is within `tolerance` (relative) of the
     lowest. Validation loss flattens while a model is still memorising facts, so among epochs that are
@@ -108,7 +104,7 @@ def best_epoch(output_dir: Path, tolerance: float = 0.02) -> dict | None:
     state = json.loads(states[-1].read_text())
     saved = {int(p.parent.name.split("-")[-1]) for p in states}
     evals = [h for h in state.get("log_history", []) if "eval_loss" in h and h.get("step") in saved]
-    finite = [h for h in evals if _finite(h["eval_loss"])]
+    finite = [h for h in evals if es.finite(h["eval_loss"])]
     if not finite:
         return None
     lowest = min(h["eval_loss"] for h in finite)
@@ -117,5 +113,5 @@ def best_epoch(output_dir: Path, tolerance: float = 0.02) -> dict | None:
             "checkpoint": f"checkpoint-{int(pick['step'])}", "eval_loss": float(pick["eval_loss"]),
             "lowest_eval_loss": float(lowest), "tolerance": tolerance,
             "epochs_run": round(float(state.get("epoch", 0)), 2),
-            "eval_loss_per_epoch": [round(float(h["eval_loss"]), 4) if _finite(h["eval_loss"]) else None
+            "eval_loss_per_epoch": [round(float(h["eval_loss"]), 4) if es.finite(h["eval_loss"]) else None
                                     for h in evals]}
