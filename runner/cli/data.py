@@ -8,6 +8,7 @@ from runner.console import terminal_reporter
 from runner.data import prepare as dataprep
 from runner.data.check import MAX_SHOWN, NORMALIZE_FIXES, PROBLEM_KINDS
 from runner.data.preview import build_preview, render
+from runner.pipeline.lock import run_lock
 
 
 def _resolve(args):
@@ -122,7 +123,9 @@ def cmd_check(args) -> int:
 
     res = _resolve(args)
     con = Console()
-    dc = dataprep.run_checks(res, tokens=not args.no_tokens, reporter=terminal_reporter())
+    # It writes runs/<recipe>/data/, which a `tunebook train` of the recipe reads and hashes: not beside one.
+    with run_lock(res.layout, "data check"):
+        dc = dataprep.run_checks(res, tokens=not args.no_tokens, reporter=terminal_reporter())
     con.print(summary_table(dc))
     print_details(dc, con)
     root = res.recipe.root

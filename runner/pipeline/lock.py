@@ -177,10 +177,11 @@ def refuse_if_gate_failed(run_root: Path, recipe: str, action: str) -> None:
 
 
 @contextmanager
-def run_lock(layout: RunLayout):
-    """Hold the run lock of a recipe (layout.run_lock, fcntl.flock) while its pipeline runs: a second `tunebook
-    train` of the same recipe is refused with the PID of the one running. The kernel releases the lock when its
-    process dies, so a lock file left by a killed run is stale and simply taken over."""
+def run_lock(layout: RunLayout, command: str = "train"):
+    """Hold the run lock of a recipe (layout.run_lock, fcntl.flock) while a command that writes its run folder runs
+    (`train`, `data check`): a second one of the same recipe is refused with the command and PID of the one
+    running. The kernel releases the lock when its process dies, so a lock file left by a killed run is stale and
+    simply taken over."""
     path = layout.run_lock
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -188,21 +189,23 @@ def run_lock(layout: RunLayout):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").split()
+            holder = os.pread(fd, 256, 0).decode(errors="replace").split(maxsplit=1)
             pid = holder[0] if holder else "unknown"
+            running = (holder[1].strip() if len(holder) > 1 else "") or "train"
             if pid.isdigit() and not _alive(int(pid)):
                 raise TunebookError(
                     f"the run lock of {layout.recipe} is held by an Axolotl process that a killed `tunebook "
-                    f"train` (PID {pid}) left running", where=str(path),
+                    f"{running}` (PID {pid}) left running", where=str(path),
                     fix=f"Stop it (`fuser -k {path}` or `lsof {path}` shows its PID), then run again: finished "
                         "stages are kept and the interrupted one resumes.", exit_code=1) from None
             raise TunebookError(
-                f"another `tunebook train {layout.recipe}` is running (PID {pid}) and holds the run lock",
+                f"another `tunebook {running} {layout.recipe}` is running (PID {pid}) and holds the run lock"
+                + (f", so `tunebook {command}` cannot write the run folder now" if command != running else ""),
                 where=str(path),
                 fix=f"Wait for it to finish (`tunebook status {layout.recipe}` shows its progress), or stop it "
                     f"(`kill {pid}`: finished stages are kept and the interrupted one resumes).", exit_code=1) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
         INHERITED_FDS.add(fd)
         yield
     finally:

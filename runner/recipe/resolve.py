@@ -44,6 +44,8 @@ BATCH_KEYS = ("micro_batch_size", "gradient_accumulation_steps")
 CPU_UNSAFE_OPTIMIZERS = ("8bit", "paged", "adamw_bnb", "lion", "ademamix")
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
 WIRING = "tunebook pipeline"  # the source of every key tunebook's pipeline sets itself
+# The Axolotl plugin that applies the config's seed before the model is built (runner.train.seed_plugin).
+SEED_PLUGIN = "runner.train.seed_plugin.SeedPlugin"
 
 
 @dataclass
@@ -460,16 +462,31 @@ def _early_stopping(cfg: Layered, ctx: _Context, s: Stage, sdir: Path) -> str | 
                f"{math.exp(-rule.memorised):.1%} per token; patience {rule.patience}: hr-bot's validation loss "
                "moves 1-2% between epochs while its held-out score still rises (docs/quality.md, Early stopping)")
     cfg.set(es.CONFIG_KEY, settings, source, why)
-    plugins = list(cfg.values.get("plugins") or [])
-    if es.AXOLOTL_PLUGIN not in plugins:
-        old_source, old_why = cfg.sources.get("plugins", (None, None))
-        if plugins:
-            cfg.set("plugins", [*plugins, es.AXOLOTL_PLUGIN], old_source,
-                    f"{old_why + '; ' if old_why else ''}plus tunebook's early stopping ({es.AXOLOTL_PLUGIN})")
-        else:
-            cfg.set("plugins", [es.AXOLOTL_PLUGIN], source,
-                    "runs tunebook's early-stopping rule inside Axolotl's trainer (see tunebook_early_stopping)")
+    _add_plugin(cfg, es.AXOLOTL_PLUGIN, source, "tunebook's early stopping",
+                "runs tunebook's early-stopping rule inside Axolotl's trainer (see tunebook_early_stopping)")
     return None
+
+
+def _add_plugin(cfg: Layered, plugin: str, source: str, short: str, why: str) -> None:
+    """Append one of tunebook's own Axolotl plugins to the config's `plugins` (kept: the ones already there)."""
+    plugins = list(cfg.values.get("plugins") or [])
+    if plugin in plugins:
+        return
+    if plugins:
+        old_source, old_why = cfg.sources.get("plugins", (None, None))
+        cfg.set("plugins", [*plugins, plugin], old_source, f"{old_why + '; ' if old_why else ''}plus {short} ({plugin})")
+    else:
+        cfg.set("plugins", [plugin], source, why)
+
+
+def _seeding(cfg: Layered) -> None:
+    """Every training stage seeds torch with its `seed` before Axolotl builds the model (runner.train.seed_plugin):
+    Axolotl itself does not, so without it the same recipe drew a different LoRA init on every run."""
+    if cfg.values.get("seed") is None:
+        return
+    _add_plugin(cfg, SEED_PLUGIN, WIRING, "the seed applied before the model and adapter are built",
+                f"applies seed {cfg.values['seed']} before the model and adapter are built: Axolotl seeds only its "
+                "Trainer, after the LoRA matrices were drawn (same seed, same init, so runs repeat and resume)")
 
 
 def _validation_fraction(kind: str, block: dict, config: dict) -> float:
@@ -494,6 +511,7 @@ def _wire_stage(ctx: _Context, s: Stage, cfg: Layered, up: ResolvedStage | None,
     _tracking(cfg, rec, s)
     cfg.update(rec.data.get("axolotl"), "recipe axolotl:")
     cfg.update(s.body.get("axolotl"), f"stage {s.name} axolotl:")
+    _seeding(cfg)
     off = _early_stopping(cfg, ctx, s, sdir)
     rs = ResolvedStage(s.name, s.kind, s.index, cfg.values, cfg.sources, sdir, block_name,
                        up.name if up else None,

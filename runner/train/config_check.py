@@ -19,7 +19,7 @@ def env_capabilities() -> dict:
 
 
 def own_plugin_problems(cfg: dict) -> tuple[dict, list[str]]:
-    """(the config without tunebook's own Axolotl plugin, the problems of that plugin's keys).
+    """(the config without tunebook's own Axolotl plugins, the problems of their keys).
 
     Axolotl checks a plugin's keys only once the plugin is registered (`axolotl train` registers it before it
     validates), and with a plugin registered every validation rebuilds Axolotl's config model with the plugin's
@@ -27,7 +27,11 @@ def own_plugin_problems(cfg: dict) -> tuple[dict, list[str]]:
     plugin's keys are checked here against the plugin's own model (the one Axolotl merges in), and Axolotl checks
     the rest. Unregistered, Axolotl would also let a typo in them pass without a word."""
     from runner.early_stopping import AXOLOTL_PLUGIN, CONFIG_KEY, without_rule
+    from runner.recipe.resolve import SEED_PLUGIN
 
+    if SEED_PLUGIN in (cfg.get("plugins") or []):  # no keys of its own: it reads Axolotl's `seed`
+        plugins = [p for p in cfg["plugins"] if p != SEED_PLUGIN]
+        cfg = {k: v for k, v in cfg.items() if k != "plugins"} | ({"plugins": plugins} if plugins else {})
     if AXOLOTL_PLUGIN not in (cfg.get("plugins") or []) and CONFIG_KEY not in cfg:
         return cfg, []
     from pydantic import ValidationError

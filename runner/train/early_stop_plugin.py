@@ -6,7 +6,7 @@ Why not Axolotl's own `early_stopping_patience`: Axolotl requires step-based `sa
 which needs `load_best_model_at_end`; tunebook evaluates and checkpoints once per epoch and chooses the epoch to
 keep itself, after training (runner.train.trainlog.best_epoch).
 
-The resolved config names this plugin and its settings (runner.recipe.resolve):
+The resolved config names this plugin (after runner.train.seed_plugin's) and its settings (runner.recipe.resolve):
     plugins: [runner.train.early_stop_plugin.EarlyStopPlugin]
     tunebook_early_stopping: {patience, min_delta, memorised, min_epochs, record: <stage dir>/early_stop.json}
 Axolotl imports the module in the training process (the same venv; runner.train.axolotl.child_env puts this

@@ -43,7 +43,8 @@ def test_the_facts_set_stops_once_learned_and_keeps_an_epoch_that_knows_the_fact
     run = root / "runs" / "facts"
 
     cfg = yaml.safe_load((run / "sft" / "axolotl.yaml").read_text())
-    assert cfg["num_epochs"] == 10 and cfg["plugins"] == ["runner.train.early_stop_plugin.EarlyStopPlugin"]
+    assert cfg["num_epochs"] == 10 and cfg["plugins"] == ["runner.train.seed_plugin.SeedPlugin",
+                                                    "runner.train.early_stop_plugin.EarlyStopPlugin"]
     assert cfg["tunebook_early_stopping"]["record"] == str(run / "sft" / "early_stop.json")
 
     rec = json.loads((run / "sft" / "early_stop.json").read_text())

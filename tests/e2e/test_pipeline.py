@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 RECIPE = """\
 base_model: {model}
 data: {{train: data/train.jsonl, format: alpaca, held_out: data/held_out.jsonl}}
-training: {{max_steps: 4, learning_rate: 1.0e-3, micro_batch_size: 4, sequence_len: 256}}
+training: {{max_steps: 6, learning_rate: 1.0e-3, micro_batch_size: 4, sequence_len: 256}}
 stages:
   - sft
   - dpo:
@@ -133,11 +133,13 @@ def test_kill_and_resume(proj):
     first checkpoint; the next run resumes from the last checkpoint and trains only the steps after it.
 
     A run that restarted from step 1 fails here: the second attempt's log must show Axolotl's auto-resume line and
-    only the remaining steps, and the steps logged over both attempts must be one run's, not a run and a half."""
+    only the remaining steps, and the steps logged over both attempts must be one run's, not a run and a half.
+    The recipe is the chain's SFT stage with checkpoints every 2 steps, so the chain's uninterrupted SFT (same
+    data, seed and schedule) is the run the resumed one must equal."""
     steps, every = 6, 2
     recipe = proj / "recipes" / "resume.yaml"
     recipe.write_text((proj / "recipes" / "chain.yaml").read_text()
-                      .replace("max_steps: 4, learning_rate: 1.0e-3",
+                      .replace("max_steps: 6, learning_rate: 1.0e-3",
                                f"max_steps: {steps}, save_steps: {every}, learning_rate: 1.0e-3")
                       .replace("  - dpo:\n      data: {train: data/prefs.jsonl, format: preference}\n"
                                "      training: {max_steps: 4, learning_rate: 1.0e-4, micro_batch_size: 2, beta: 0.1}\n"
@@ -196,3 +198,20 @@ def test_kill_and_resume(proj):
     assert set(lock["stages"]) == {"sft"}
     manifest = json.loads((run / "manifest.json").read_text())
     assert set(manifest["stages"]) == {"sft"} and manifest["finished"]
+    # The optimizer's state came back too: the resumed adapter equals the uninterrupted run's. Adam restarted
+    # with empty moments takes steps of about the learning rate in every weight (its first-step update is
+    # lr * sign(grad)), so a resume without the optimizer state lands far from the uninterrupted weights; with
+    # it, only float rounding separates them (both ran on this CPU, from the same LoRA init — the seed is applied
+    # before the adapter is drawn, runner.train.seed_plugin — with the same batches in the same order).
+    resumed_w = _adapter(out / "adapter_model.safetensors")
+    straight = _adapter(proj / "runs" / "chain" / "sft" / "output" / "adapter_model.safetensors")
+    assert resumed_w.keys() == straight.keys() and resumed_w
+    for k in straight:
+        moved = straight[k].abs().max().item() if "lora_B" in k else 1.0  # lora_B starts at 0: all of it is learnt
+        diff = (resumed_w[k] - straight[k]).abs().max().item()
+        assert diff <= 1e-3 * max(moved, 1e-6) + 1e-6, f"{k}: resumed differs by {diff:.2e} (learnt {moved:.2e})"
+
+
+def _adapter(path: Path) -> dict:
+    with safe_open(str(path), "pt") as f:
+        return {k: f.get_tensor(k).float() for k in f.keys()}

@@ -185,6 +185,32 @@ def test_a_second_train_is_refused_and_sigterm_stops_axolotls_whole_group(proj, 
     assert states(root) == {"sft": "done", "merge": "done"}
 
 
+def test_data_check_takes_the_run_lock_and_says_which_command_holds_it(proj, standin):
+    """`data check` writes runs/<recipe>/data/, which a running train reads and hashes: it waits its turn, and a
+    train beside a running `data check` is refused naming that command (flock conflicts between two open files
+    even in one process, so this process holding the lock stands for the other command)."""
+    from runner.layout import RunLayout
+    from runner.pipeline.lock import run_lock
+
+    root = proj(RESUME)
+    layout = RunLayout.for_recipe(root, "r")
+    with run_lock(layout):
+        r = tb(root, "data", "check", "r", "--no-tokens")
+        assert r.returncode == 1, r.stderr[-2000:]
+        _no_traceback(r)
+        assert (f"another `tunebook train r` is running (PID {os.getpid()}) and holds the run lock, so `tunebook "
+                "data check` cannot write the run folder now") in " ".join(r.stderr.split())
+        assert not (root / "runs/r/data").exists(), "nothing written beside the running train"
+    with run_lock(layout, "data check"):
+        assert layout.run_lock.read_text() == f"{os.getpid()} data check\n"
+        r = train(root, ok=False)
+        assert r.returncode == 1 and "another `tunebook data check r` is running" in " ".join(r.stderr.split())
+    assert standin.calls("train") == []
+    r = tb(root, "data", "check", "r", "--no-tokens")  # the lock is free again
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (root / "runs/r/data/report.json").is_file()
+
+
 def test_an_axolotl_left_running_by_a_sigkilled_train_still_holds_the_run_lock(proj, standin):
     root = proj(RESUME)
     env = {**os.environ, "TUNEBOOK_STANDIN_HANG_AT": "3", "PYTHONPATH": str(REPO)}

@@ -17,7 +17,7 @@ from runner.train.config_check import check_config
 from runner.errors import TunebookError
 from runner.hardware import Hardware
 from runner.recipe.load import load_recipe
-from runner.recipe.resolve import resolve
+from runner.recipe.resolve import SEED_PLUGIN, resolve
 
 ROOT = Path(__file__).resolve().parents[3]
 L8B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
@@ -196,7 +196,7 @@ def test_h100_presets_resolve_and_pass_axolotl_validation(project, l8b_dir, pres
     c = st.config
     assert check_config(c) == []
     assert c["sample_packing"] is True and c["attn_implementation"] == "sdpa"
-    assert c["plugins"] == [P.LIGER_PLUGIN]
+    assert c["plugins"] == [P.LIGER_PLUGIN, SEED_PLUGIN]
     assert all(c[k] is True for k in ("liger_rope", "liger_rms_norm", "liger_glu_activation",
                                       "liger_fused_linear_cross_entropy"))
     assert c["optimizer"] == "adamw_torch_fused" and c["bf16"] is True and c["sequence_len"] == 2048
@@ -214,7 +214,7 @@ def test_h100_presets_on_a_cpu_drop_the_cuda_only_parts(project, l8b_dir, preset
     st, _ = _stage(project, preset, l8b_dir, CPU)
     c = st.config
     assert check_config(c) == []
-    assert not c.get("plugins") and c["bf16"] is False and c["gradient_checkpointing"] is False
+    assert c["plugins"] == [SEED_PLUGIN] and c["bf16"] is False and c["gradient_checkpointing"] is False
 
 
 def _planner(st, root, **change):
@@ -256,13 +256,13 @@ def test_naive_config_is_the_guide_recipe(project, l8b_dir):
     assert naive["sample_packing"] is False and naive["optimizer"] == "paged_adamw_8bit"
     assert naive["micro_batch_size"] == 2 and naive["gradient_accumulation_steps"] == 4
     assert naive["gradient_checkpointing"] is True
-    assert "plugins" not in naive and not [k for k in naive if k.startswith("liger_")]
+    assert naive["plugins"] == [SEED_PLUGIN] and not [k for k in naive if k.startswith("liger_")]
     assert "torch_compile" not in naive
     # Same model, method, data, sequence length and precision.
     for k in ("base_model", "adapter", "load_in_4bit", "datasets", "sequence_len", "bf16", "lora_r",
               "attn_implementation"):
         assert naive[k] == st.config[k], k
-    assert cfg["plugins"] == [P.LIGER_PLUGIN]  # the input is left alone
+    assert cfg["plugins"] == [P.LIGER_PLUGIN, SEED_PLUGIN]  # the input is left alone
     assert any("Liger off" in c for c in changes) and any("sample_packing" in c for c in changes)
     assert check_config(naive) == []
     lora, _ = B.naive_config(_stage(project, "lora-h100", l8b_dir, H100)[0].config, cuda=True)
@@ -293,7 +293,7 @@ def test_bench_config_drops_early_stopping_and_keeps_the_other_plugins(project, 
     rule = {**es.DEFAULT.to_dict(), "record": str(tmp_path / "sft" / "early_stop.json")}
     cfg = {**st.config, "plugins": [*st.config["plugins"], es.AXOLOTL_PLUGIN], es.CONFIG_KEY: rule}
     out = B.bench_config(cfg, tmp_path / "v", warmup=3, steps=10)
-    assert es.CONFIG_KEY not in out and out["plugins"] == [P.LIGER_PLUGIN]
+    assert es.CONFIG_KEY not in out and out["plugins"] == [P.LIGER_PLUGIN, SEED_PLUGIN]
     only = B.bench_config({**cfg, "plugins": [es.AXOLOTL_PLUGIN]}, tmp_path / "w", warmup=3, steps=10)
     assert "plugins" not in only
 

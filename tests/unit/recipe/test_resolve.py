@@ -7,7 +7,7 @@ import json
 from runner.train.config_check import check_config
 from runner.hardware import Hardware
 from runner.recipe.load import load_recipe
-from runner.recipe.resolve import resolve
+from runner.recipe.resolve import SEED_PLUGIN, WIRING, resolve
 
 ROWS = '{"instruction": "How many leave days?", "output": "27 days."}\n' * 3
 PREFS = '{"prompt": "Hi?", "chosen": "Hello, how can I help?", "rejected": "What."}\n' * 3
@@ -197,7 +197,8 @@ def test_early_stopping_is_derived_for_an_sft_stage_with_a_validation_split(proj
     assert sft.paths.early_stop == sft.run_dir / "early_stop.json"
     src, why = sft.sources["tunebook_early_stopping"]
     assert src == "derived" and "under 0.01 per trained token" in why and "docs/quality.md" in why
-    assert sft.config["plugins"] == [es.AXOLOTL_PLUGIN] and sft.sources["plugins"][0] == "derived"
+    assert sft.config["plugins"] == [SEED_PLUGIN, es.AXOLOTL_PLUGIN] and sft.sources["plugins"][0] == WIRING
+    assert "plus tunebook's early stopping" in sft.sources["plugins"][1]
     # Every epoch's checkpoint is still kept: the rule only ever makes fewer of them.
     assert sft.config["save_strategy"] == "epoch" and sft.config["eval_strategy"] == "epoch"
     assert sft.config["save_total_limit"] >= 11 and not sft.notes
@@ -221,7 +222,7 @@ def test_the_recipe_overrides_the_rule_key_by_key_and_a_stage_overrides_the_reci
 
 def test_early_stopping_false_turns_it_off(project):
     res, sft = _sft(project, training=", early_stopping: false")
-    assert "tunebook_early_stopping" not in sft.config and not sft.config.get("plugins")
+    assert "tunebook_early_stopping" not in sft.config and sft.config["plugins"] == [SEED_PLUGIN]
     assert sft.notes == ["early stopping off: training.early_stopping is false (recipe)"]
     assert sft.early_stopping_off == "training.early_stopping is false (recipe)"
     assert not any("early_stopping" in n for n in res.notes)
@@ -252,7 +253,7 @@ def test_a_raw_plugin_list_keeps_its_plugins_and_gets_the_rule_added(project):
     from runner import early_stopping as es
 
     _, sft = _sft(project, rest="axolotl: {plugins: [axolotl.integrations.grokfast.GrokfastPlugin]}\n")
-    assert sft.config["plugins"] == ["axolotl.integrations.grokfast.GrokfastPlugin", es.AXOLOTL_PLUGIN]
+    assert sft.config["plugins"] == ["axolotl.integrations.grokfast.GrokfastPlugin", SEED_PLUGIN, es.AXOLOTL_PLUGIN]
     assert sft.sources["plugins"][0] == "recipe axolotl:" and "early stopping" in sft.sources["plugins"][1]
     _, steps = _sft(project, rest="axolotl: {eval_strategy: steps, eval_steps: 5}\n")
     assert "tunebook_early_stopping" not in steps.config and "once per epoch" in steps.early_stopping_off
@@ -284,3 +285,16 @@ def test_resolve_shows_the_rule_with_its_source_and_why_it_is_off(tmp_path, tiny
     off = tunebook("--root", str(root), "resolve", "off")
     assert off.returncode == 0 and "tunebook_early_stopping" not in off.stdout
     assert "note: stage sft: early stopping off: training.early_stopping is false (recipe)" in off.stdout
+
+
+def test_every_training_stage_applies_its_seed_before_the_model_is_built(project):
+    # Axolotl seeds only its Trainer, after peft drew the LoRA matrices: the seed plugin makes one seed one init.
+    _, sft = _sft(project, training=", seed: 7")
+    assert SEED_PLUGIN in sft.config["plugins"] and sft.config["seed"] == 7
+    src, why = sft.sources["plugins"]
+    assert src == WIRING and "applies seed 7 before the model and adapter are built" in why
+    res = _res(project, "base_model: org/model\ndata: {train: data/train.jsonl, format: alpaca}\n"
+                        "training: {epochs: 1}\nstages:\n  - sft\n  - dpo: {data: {train: data/prefs.jsonl, "
+                        "format: preference}}\n", CPU)
+    assert [st.config["plugins"][0] for st in res.stages] == [SEED_PLUGIN, SEED_PLUGIN]
+    assert check_config(sft.config) == []
