@@ -62,11 +62,19 @@ def eval_losses(state, metrics: dict | None = None) -> list[float]:
     by_step: dict = {}
     for h in state.log_history:
         # An evaluation before the first step (Axolotl runs one) judges the untrained model: it is no epoch.
-        if "eval_loss" in h and h.get("step"):
+        if "eval_loss" in h and h.get("step") and not _partial_epoch(h.get("epoch")):
             by_step[h.get("step")] = float(h["eval_loss"])
-    if metrics and "eval_loss" in metrics and state.global_step and state.global_step not in by_step:
+    if (metrics and "eval_loss" in metrics and state.global_step and state.global_step not in by_step
+            and not _partial_epoch(state.epoch)):
         by_step[state.global_step] = float(metrics["eval_loss"])
     return list(by_step.values())
+
+
+def _partial_epoch(epoch) -> bool:
+    """Whether an evaluation ended a few steps into an epoch rather than an epoch: with sample packing Axolotl
+    estimates the steps (hr-bot: 400 for 4 epochs of 99), the trainer runs them into a fifth epoch and evaluates
+    at the end of training, at epoch 4.04. That tail is no epoch of the plan (counted, hr-bot ran "5 of 4")."""
+    return epoch is not None and abs(float(epoch) - round(float(epoch))) > 1e-3
 
 
 class EarlyStopCallback(TrainerCallback):

@@ -97,6 +97,23 @@ def test_an_evaluation_before_the_first_step_is_no_epoch():
     assert eval_losses(state, {"eval_loss": 2.74}) == [1.09]
 
 
+def test_an_evaluation_a_few_steps_into_an_extra_epoch_is_no_epoch(tmp_path):
+    """hr-bot with sample packing (measured): Axolotl planned 400 steps for 4 epochs of 99, the trainer evaluated at
+    each epoch end and again at step 400 (epoch 4.04); counted, the record said 5 epochs ran of 4."""
+    cb = _callback(tmp_path, planned=4)
+    state = TrainerState(max_steps=400)
+    for step, epoch, loss in [(99, 1.0, 1.1317), (198, 2.0, 0.7430), (297, 3.0, 0.5388), (396, 4.0, 0.55156),
+                              (400, 4.0404, 0.551559)]:
+        state.global_step, state.epoch = step, epoch
+        state.log_history.append({"eval_loss": loss, "epoch": epoch, "step": step})
+        cb.on_evaluate(None, state, TrainerControl(), metrics={"eval_loss": loss})
+    assert eval_losses(state) == [1.1317, 0.7430, 0.5388, 0.55156]
+    cb.on_train_end(None, state, TrainerControl())
+    rec = es.read_record(tmp_path / "early_stop.json")
+    assert (rec["epochs_run"], rec["epochs_planned"], rec["stopped_early"]) == (4, 4, False)
+    assert rec["reason"].startswith("all 4 planned epochs ran"), rec["reason"]
+
+
 def test_only_the_main_process_writes_the_record_but_every_process_stops(tmp_path):
     state = TrainerState(max_steps=70, is_world_process_zero=False)
     cb = _callback(tmp_path)
