@@ -91,6 +91,17 @@ class StageLayout:
     def best_epoch(self) -> Path:
         return self.dir / "best_epoch.json"
 
+    @classmethod
+    def of_output(cls, output_dir: str | Path) -> "StageLayout":
+        """The stage whose Axolotl output_dir this is (what a plugin inside Axolotl knows of its stage)."""
+        return cls(Path(output_dir).parent)
+
+    @property
+    def pissa_init(self) -> Path:
+        """A PiSSA adapter as initialised, before training (runner.train.pissa_plugin writes it, runner.train.pissa
+        converts the trained adapter with it)."""
+        return self.dir / "pissa_init"
+
     @property
     def early_stop(self) -> Path:
         """The early-stopping rule's record (runner.early_stopping): epochs run, and why training stopped."""

@@ -40,12 +40,28 @@ TRAINING_TO_AXOLOTL = {
     "save_steps": "save_steps",
     "seed": "seed",
 }
+# training.lora.variant → the Axolotl (peft) keys that build it; plain LoRA needs none. PiSSA's fast SVD (4
+# subspace iterations, peft's recommendation) draws at random: the seed plugin makes it repeat.
+LORA_VARIANTS = {
+    "lora": {},
+    "dora": {"peft_use_dora": True},
+    "rslora": {"peft_use_rslora": True},
+    "pissa": {"peft_init_lora_weights": "pissa_niter_4"},
+}
+LORA_VARIANT_WHY = {
+    "dora": "DoRA: each weight's magnitude and direction trained apart, LoRA on the direction; slower steps",
+    "rslora": "rsLoRA: the update scaled by alpha/sqrt(r) instead of alpha/r, so a high rank still learns",
+    "pissa": "PiSSA: the adapter starts from each weight's principal singular vectors; tunebook converts the "
+             "trained one to a rank-2r LoRA on the original base",
+}
 BATCH_KEYS = ("micro_batch_size", "gradient_accumulation_steps")
 CPU_UNSAFE_OPTIMIZERS = ("8bit", "paged", "adamw_bnb", "lion", "ademamix")
 LORA_KERNELS = ("lora_mlp_kernel", "lora_qkv_kernel", "lora_o_kernel")
 WIRING = "tunebook pipeline"  # the source of every key tunebook's pipeline sets itself
-# The Axolotl plugin that applies the config's seed before the model is built (runner.train.seed_plugin).
+# The Axolotl plugin that applies the config's seed before the model is built (runner.train.seed_plugin), and the
+# one that saves a PiSSA adapter's initial state for its conversion to LoRA (runner.train.pissa_plugin).
 SEED_PLUGIN = "runner.train.seed_plugin.SeedPlugin"
+PISSA_PLUGIN = "runner.train.pissa_plugin.PissaInitPlugin"
 
 
 @dataclass
@@ -151,6 +167,7 @@ def training_to_axolotl(t: dict) -> dict:
         else:
             out["lora_target_linear"] = False
             out["lora_target_modules"] = list(lora["targets"])
+    out.update(LORA_VARIANTS.get(lora.get("variant"), {}))
     if "beta" in t:
         out["rl_beta"] = t["beta"]
     return out
@@ -169,11 +186,19 @@ def merged_training(*blocks: dict | None) -> dict:
 
 
 def _apply_training(cfg: Layered, t: dict, source: str, why: dict | None = None):
+    variant = (t.get("lora") or {}).get("variant")
+    if variant:  # a later layer's variant replaces an earlier one's keys (a stage's `variant: lora` clears dora)
+        for keys in LORA_VARIANTS.values():
+            for k in keys:
+                if k in cfg.values:
+                    cfg.drop(k)
     for k, v in training_to_axolotl(t).items():
         reason = None
         if why:
             src_key = next((tk for tk, ak in TRAINING_TO_AXOLOTL.items() if ak == k), k)
             reason = why.get(src_key) or why.get(k)
+        if not reason and k in LORA_VARIANTS.get(variant, {}):
+            reason = f"training.lora.variant: {variant} ({LORA_VARIANT_WHY[variant]})"
         cfg.set(k, v, source, reason)
 
 
@@ -474,7 +499,8 @@ def _add_plugin(cfg: Layered, plugin: str, source: str, short: str, why: str) ->
         return
     if plugins:
         old_source, old_why = cfg.sources.get("plugins", (None, None))
-        cfg.set("plugins", [*plugins, plugin], old_source, f"{old_why + '; ' if old_why else ''}plus {short} ({plugin})")
+        why_now = f"{old_why + '; ' if old_why else ''}plus {short} ({plugin})"
+        cfg.set("plugins", [*plugins, plugin], old_source, why_now)
     else:
         cfg.set("plugins", [plugin], source, why)
 
@@ -487,6 +513,24 @@ def _seeding(cfg: Layered) -> None:
     _add_plugin(cfg, SEED_PLUGIN, WIRING, "the seed applied before the model and adapter are built",
                 f"applies seed {cfg.values['seed']} before the model and adapter are built: Axolotl seeds only its "
                 "Trainer, after the LoRA matrices were drawn (same seed, same init, so runs repeat and resume)")
+
+
+def _lora_variant(cfg: Layered, ctx: _Context, s: Stage) -> None:
+    """An adapter variant without an adapter (method: full) would pass unused: say so and drop its keys. A PiSSA
+    stage saves its adapter's initial state (runner.train.pissa_plugin) so that tunebook can convert the trained
+    adapter into plain LoRA on the original base (runner.train.pissa)."""
+    keys = [k for ks in LORA_VARIANTS.values() for k in ks if cfg.values.get(k)]
+    if keys and not cfg.values.get("adapter"):
+        for k in keys:
+            cfg.drop(k)
+        ctx.notes.append(f"stage {s.name}: training.lora.variant has no effect on a full fine-tune (method: full)")
+        return
+    init = str(cfg.values.get("peft_init_lora_weights") or "")
+    if not init.lower().startswith("pissa"):
+        return
+    _add_plugin(cfg, PISSA_PLUGIN, WIRING, "PiSSA's initial adapter saved for the conversion to LoRA",
+                "saves the PiSSA adapter as initialised, before training: the trained adapter is relative to the "
+                "residual base, and tunebook converts it to a rank-2r LoRA on the original base with it")
 
 
 def _validation_fraction(kind: str, block: dict, config: dict) -> float:
@@ -512,6 +556,7 @@ def _wire_stage(ctx: _Context, s: Stage, cfg: Layered, up: ResolvedStage | None,
     cfg.update(rec.data.get("axolotl"), "recipe axolotl:")
     cfg.update(s.body.get("axolotl"), f"stage {s.name} axolotl:")
     _seeding(cfg)
+    _lora_variant(cfg, ctx, s)
     off = _early_stopping(cfg, ctx, s, sdir)
     rs = ResolvedStage(s.name, s.kind, s.index, cfg.values, cfg.sources, sdir, block_name,
                        up.name if up else None,

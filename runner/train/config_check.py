@@ -27,10 +27,11 @@ def own_plugin_problems(cfg: dict) -> tuple[dict, list[str]]:
     plugin's keys are checked here against the plugin's own model (the one Axolotl merges in), and Axolotl checks
     the rest. Unregistered, Axolotl would also let a typo in them pass without a word."""
     from runner.early_stopping import AXOLOTL_PLUGIN, CONFIG_KEY, without_rule
-    from runner.recipe.resolve import SEED_PLUGIN
+    from runner.recipe.resolve import PISSA_PLUGIN, SEED_PLUGIN
 
-    if SEED_PLUGIN in (cfg.get("plugins") or []):  # no keys of its own: it reads Axolotl's `seed`
-        plugins = [p for p in cfg["plugins"] if p != SEED_PLUGIN]
+    keyless = (SEED_PLUGIN, PISSA_PLUGIN)  # no keys of their own: they read Axolotl's `seed` and PiSSA keys
+    if any(p in keyless for p in cfg.get("plugins") or []):
+        plugins = [p for p in cfg["plugins"] if p not in keyless]
         cfg = {k: v for k, v in cfg.items() if k != "plugins"} | ({"plugins": plugins} if plugins else {})
     if AXOLOTL_PLUGIN not in (cfg.get("plugins") or []) and CONFIG_KEY not in cfg:
         return cfg, []

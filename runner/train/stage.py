@@ -22,7 +22,7 @@ from runner.console import say
 from runner.errors import TunebookError
 from runner.fsutil import atomic_write_text, sha256_file
 from runner.recipe.resolve import ResolvedRecipe, ResolvedStage, needs_merged
-from runner.train import trainlog
+from runner.train import pissa, trainlog
 from runner.train.axolotl import axolotl_cmd, child_env, launcher_args, run_logged
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
@@ -163,13 +163,18 @@ def report_early_stop(stage: ResolvedStage) -> dict | None:
 
 
 def after_training(res: ResolvedRecipe, stage: ResolvedStage) -> None:
-    """Report early stopping, record the chosen epoch and warn when most computed tokens were not trained."""
+    """Report early stopping, record the chosen epoch, turn a PiSSA adapter into LoRA on the original base, and
+    warn when most computed tokens were not trained."""
     report_early_stop(stage)
     best = keep_best_epoch(stage)
     if best:
         say(f"{stage.name}: kept epoch {best['epoch']:g} of {best['epochs_run']:g} "
             f"(validation loss {best['eval_loss']:.4f}, lowest {best['lowest_eval_loss']:.4f}; per epoch: "
             + ", ".join("nan" if x is None else f"{x:.3f}" for x in best["eval_loss_per_epoch"]) + ")")
+    if pissa.is_pissa(stage.config) and stage.config.get("adapter"):
+        rank = pissa.convert(stage.output_dir, stage.paths.pissa_init)
+        say(f"{stage.name}: PiSSA adapter converted to a rank-{rank} LoRA adapter on the original base model "
+            "(merge, eval, serve and export use it as trained)")
     s = trainlog.summary(trainlog.history(stage.run_dir))
     share = s.get("trained_share")
     if share is not None:

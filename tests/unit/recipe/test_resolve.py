@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 
 from runner.train.config_check import check_config
 from runner.hardware import Hardware
@@ -298,3 +299,43 @@ def test_every_training_stage_applies_its_seed_before_the_model_is_built(project
                         "format: preference}}\n", CPU)
     assert [st.config["plugins"][0] for st in res.stages] == [SEED_PLUGIN, SEED_PLUGIN]
     assert check_config(sft.config) == []
+
+
+@pytest.mark.parametrize("variant,keys", [
+    ("dora", {"peft_use_dora": True}), ("rslora", {"peft_use_rslora": True}),
+    ("pissa", {"peft_init_lora_weights": "pissa_niter_4"}), ("lora", {})])
+def test_an_adapter_variant_resolves_to_its_peft_keys_with_provenance_and_passes_axolotl(project, variant, keys):
+    from runner.recipe.resolve import LORA_VARIANTS, PISSA_PLUGIN
+
+    _, sft = _sft(project, training=f", lora: {{variant: {variant}}}")
+    got = {k: sft.config[k] for ks in LORA_VARIANTS.values() for k in ks if k in sft.config}
+    assert got == keys
+    for k in keys:
+        src, why = sft.sources[k]
+        assert src == "recipe" and why.startswith(f"training.lora.variant: {variant} (")
+    assert (PISSA_PLUGIN in sft.config["plugins"]) == (variant == "pissa")
+    assert check_config(sft.config) == []
+
+
+def test_a_stage_variant_replaces_the_recipe_variant(project):
+    _, sft = _sft(project, training=", lora: {variant: dora}",
+                  rest="stages:\n  - sft: {training: {lora: {variant: rslora}}}\n")
+    assert "peft_use_dora" not in sft.config and sft.config["peft_use_rslora"] is True
+    assert sft.sources["peft_use_rslora"][0] == "stage sft"
+    _, plain = _sft(project, training=", lora: {variant: pissa}",
+                    rest="stages:\n  - sft: {training: {lora: {variant: lora}}}\n")
+    assert "peft_init_lora_weights" not in plain.config
+
+
+def test_an_unknown_variant_is_refused_with_the_choices(project):
+    from runner.errors import RecipeErrors
+
+    with pytest.raises(RecipeErrors) as e:
+        _sft(project, training=", lora: {variant: vera}")
+    assert "variant" in str(e.value) and "dora" in str(e.value)
+
+
+def test_a_variant_on_a_full_fine_tune_is_a_note_and_sets_nothing(project):
+    res, sft = _sft(project, training=", method: full, lora: {variant: dora}", rest="stages: [sft]\n")
+    assert "peft_use_dora" not in sft.config and sft.config.get("adapter") is None
+    assert "stage sft: training.lora.variant has no effect on a full fine-tune (method: full)" in res.notes
