@@ -55,26 +55,29 @@ class EarlyStoppingArgs(BaseModel):
     tunebook_early_stopping: EarlyStoppingSettings | None = None
 
 
-def eval_losses(state, metrics: dict | None = None) -> list[float]:
+def eval_losses(state, metrics: dict | None = None, planned: float | None = None) -> list[float]:
     """The validation loss of each evaluation so far, oldest first, from the trainer state's log history (restored
     from the checkpoint when a stage resumes, so the rule sees the epochs before the interruption too); one per
-    step, the last logged wins. `metrics` (on_evaluate's) are added when the history does not have them yet."""
+    step, the last logged wins. `metrics` (on_evaluate's) are added when the history does not have them yet.
+    With `planned` (the epochs planned), an evaluation past them is left out (see _past_plan)."""
     by_step: dict = {}
     for h in state.log_history:
         # An evaluation before the first step (Axolotl runs one) judges the untrained model: it is no epoch.
-        if "eval_loss" in h and h.get("step") and not _partial_epoch(h.get("epoch")):
+        if "eval_loss" in h and h.get("step") and not _past_plan(h.get("epoch"), planned):
             by_step[h.get("step")] = float(h["eval_loss"])
     if (metrics and "eval_loss" in metrics and state.global_step and state.global_step not in by_step
-            and not _partial_epoch(state.epoch)):
+            and not _past_plan(state.epoch, planned)):
         by_step[state.global_step] = float(metrics["eval_loss"])
     return list(by_step.values())
 
 
-def _partial_epoch(epoch) -> bool:
-    """Whether an evaluation ended a few steps into an epoch rather than an epoch: with sample packing Axolotl
-    estimates the steps (hr-bot: 400 for 4 epochs of 99), the trainer runs them into a fifth epoch and evaluates
-    at the end of training, at epoch 4.04. That tail is no epoch of the plan (counted, hr-bot ran "5 of 4")."""
-    return epoch is not None and abs(float(epoch) - round(float(epoch))) > 1e-3
+def _past_plan(epoch, planned: float | None) -> bool:
+    """Whether an evaluation came a few steps after the planned epochs ended. With sample packing Axolotl
+    estimates the steps: hr-bot got 400 for 4 epochs of 99, so the trainer evaluated at the end of epoch 4 and
+    again at the end of training, at epoch 4.04 (counted, the record said 5 epochs ran of 4, and the plateau rule
+    judged the tail as an epoch). An estimate short of the plan is the other way round and is kept: support-faq's
+    eighth epoch ended its training at 7.87, and that evaluation is epoch 8's."""
+    return epoch is not None and planned is not None and float(epoch) > float(planned) + 1e-3
 
 
 class EarlyStopCallback(TrainerCallback):
@@ -96,7 +99,7 @@ class EarlyStopCallback(TrainerCallback):
                                            finished))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        losses = eval_losses(state, metrics)
+        losses = eval_losses(state, metrics, self.planned)
         if not losses:
             return control
         verdict = judge(losses, self.rule)
@@ -111,7 +114,7 @@ class EarlyStopCallback(TrainerCallback):
         return control
 
     def on_train_end(self, args, state, control, **kwargs):
-        losses = eval_losses(state)
+        losses = eval_losses(state, planned=self.planned)
         if losses:  # a run that never evaluated (a benchmark, a broken split) leaves no record to mislead
             self._write(state, losses, finished=True)
         return control

@@ -97,7 +97,7 @@ def test_an_evaluation_before_the_first_step_is_no_epoch():
     assert eval_losses(state, {"eval_loss": 2.74}) == [1.09]
 
 
-def test_an_evaluation_a_few_steps_into_an_extra_epoch_is_no_epoch(tmp_path):
+def test_an_evaluation_a_few_steps_past_the_planned_epochs_is_no_epoch(tmp_path):
     """hr-bot with sample packing (measured): Axolotl planned 400 steps for 4 epochs of 99, the trainer evaluated at
     each epoch end and again at step 400 (epoch 4.04); counted, the record said 5 epochs ran of 4."""
     cb = _callback(tmp_path, planned=4)
@@ -107,11 +107,26 @@ def test_an_evaluation_a_few_steps_into_an_extra_epoch_is_no_epoch(tmp_path):
         state.global_step, state.epoch = step, epoch
         state.log_history.append({"eval_loss": loss, "epoch": epoch, "step": step})
         cb.on_evaluate(None, state, TrainerControl(), metrics={"eval_loss": loss})
-    assert eval_losses(state) == [1.1317, 0.7430, 0.5388, 0.55156]
+    assert eval_losses(state, planned=4) == [1.1317, 0.7430, 0.5388, 0.55156]
     cb.on_train_end(None, state, TrainerControl())
     rec = es.read_record(tmp_path / "early_stop.json")
     assert (rec["epochs_run"], rec["epochs_planned"], rec["stopped_early"]) == (4, 4, False)
-    assert rec["reason"].startswith("all 4 planned epochs ran"), rec["reason"]
+    assert rec["reason"].startswith("all 4 planned epochs ran; after the last: validation loss 0.5516"), rec["reason"]
+
+
+def test_a_last_epoch_cut_short_by_the_step_estimate_is_still_an_epoch(tmp_path):
+    """support-faq (measured): 8 epochs planned, the packed step estimate ended training at epoch 7.87, and that
+    evaluation is the eighth epoch's."""
+    cb = _callback(tmp_path, planned=8)
+    state = TrainerState(max_steps=424)
+    losses = [0.882, 0.850, 0.516, 0.410, 0.227, 0.219, 0.225, 0.223]
+    for k, loss in enumerate(losses, 1):
+        state.global_step, state.epoch = (54 * k, float(k)) if k < 8 else (424, 7.87)
+        state.log_history.append({"eval_loss": loss, "epoch": state.epoch, "step": state.global_step})
+        cb.on_evaluate(None, state, TrainerControl(), metrics={"eval_loss": loss})
+    cb.on_train_end(None, state, TrainerControl())
+    rec = es.read_record(tmp_path / "early_stop.json")
+    assert (rec["epochs_run"], rec["eval_loss_per_epoch"]) == (8, losses)
 
 
 def test_only_the_main_process_writes_the_record_but_every_process_stops(tmp_path):
