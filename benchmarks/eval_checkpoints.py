@@ -6,7 +6,8 @@ held-out file, which is how the epoch and learning-rate rules in docs/quality.md
 stage's own pieces: the prepared held-out rows (with the recipe's system prompt), the chat template training
 used, greedy generation with end-of-turn stopping, and the same scoring (`contains`, `stops`).
 
-Usage: .venv/bin/python benchmarks/eval_checkpoints.py <recipe> [checkpoint-396 ...]   (default: every checkpoint)
+Usage: .venv/bin/python benchmarks/eval_checkpoints.py [--root PROJECT] <recipe> [checkpoint-396 ...]
+(default: every checkpoint; PROJECT defaults to this checkout)
 Needs a finished `tunebook train <recipe>`. Writes runs/<recipe>/<stage>/held_out_by_checkpoint.json.
 """
 from __future__ import annotations
@@ -31,7 +32,11 @@ def main() -> int:
     if len(sys.argv) < 2:
         print(__doc__, file=sys.stderr)
         return 2
-    res = resolve(load_recipe(sys.argv[1], ROOT))
+    args = sys.argv[1:]
+    root = ROOT
+    if args[:1] == ["--root"]:  # another project (benchmarks/temp_project.py keeps none: a copy of one)
+        root, args = Path(args[1]), args[2:]
+    res = resolve(load_recipe(args[0], root))
     stage = next(s for s in res.stages if s.kind in TRAIN_KINDS)
     settings = eval_settings(res)
     _, rows = held_out_rows(res, stage, settings)
@@ -39,7 +44,7 @@ def main() -> int:
     template = chat_template(stage.config, load_tokenizer(ModelSpec(base)))
     out_dir = stage.output_dir
     tokenizer = str(out_dir) if (out_dir / "tokenizer.json").is_file() else base
-    names = sys.argv[2:] or [c.name for c in trainlog.checkpoints(out_dir)]
+    names = args[1:] or [c.name for c in trainlog.checkpoints(out_dir)]
     results = {}
     for name in names:
         ck = out_dir / name

@@ -13,10 +13,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner import schemafile
 from runner.console import NULL_REPORTER, Reporter
 from runner.data import dedup
 from runner.errors import TunebookError
-from runner.formats import (FORMATS, content_problems, detect_format, empty_file_error,  # noqa: F401
+from runner.formats import (FORMATS, answers, content_problems, detect_format, empty_file_error,  # noqa: F401
                              normalize_text, normalize_value, open_data, parsed_lines, row_format,
                              row_validator, turns, type_name)
 from runner.fsutil import sha256_file
@@ -41,6 +42,7 @@ PROBLEM_KINDS = {
     "no_assistant": "no assistant turn",
     "same_answer": "chosen = rejected",
     "bad_key_fact": "unusable key_fact regex",
+    "bad_output": "answer not valid for output_schema",
     "no_reference": "held-out row without reference answer",
     "invalid": "other schema error",
 }
@@ -183,9 +185,27 @@ class FileResult:
     invalid_rows: int = 0
 
 
+def output_problems(row: dict, fmt: str, validator) -> list[tuple[str, str | None, str]]:
+    """(kind, field, message) for each answer of a valid row that is not JSON satisfying `validator` (the
+    block's output_schema): what a structured-output model must learn to produce, exactly (no code fence)."""
+    out = []
+    for fld, text in answers(row, fmt):
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            out.append(("bad_output", fld, f"not JSON ({exc.msg} at character {exc.pos})"))
+            continue
+        err = next(iter(sorted(validator.iter_errors(value), key=lambda e: list(map(str, e.absolute_path)))), None)
+        if err is not None:
+            at = "/".join(map(str, err.absolute_path)) or "the top level"
+            out.append(("bad_output", fld, f"does not match output_schema at {at}: {err.message[:200]}"))
+    return out
+
+
 def read_file(path: Path, src: str, fmt: str, group: str, min_output_chars: int = 1,
-              reporter: Reporter = NULL_REPORTER) -> FileResult:
-    """Parse, normalise and validate every non-empty line of a JSON Lines file."""
+              reporter: Reporter = NULL_REPORTER, output_validator=None) -> FileResult:
+    """Parse, normalise and validate every non-empty line of a JSON Lines file (with `output_validator`, every
+    answer must be JSON it accepts)."""
     res = FileResult(src, fmt)
     fh = open_data(path, src)
     size = os.fstat(fh.fileno()).st_size
@@ -210,6 +230,8 @@ def read_file(path: Path, src: str, fmt: str, group: str, min_output_chars: int 
             if not bad and group == "held_out" and fmt == "chat" and row["messages"][-1]["role"] != "assistant":
                 bad = [("no_reference", "messages", "a held-out conversation must end with the assistant's "
                                                     "reference answer")]
+            if not bad and output_validator is not None:
+                bad = output_problems(row, fmt, output_validator)
             if bad:
                 res.invalid_rows += 1
                 res.problems += [Problem(k, src, n, f, m) for k, f, m in bad]
@@ -417,9 +439,13 @@ def check_block(root: Path, name: str, block: dict, kind: str = "sft", validatio
     ddcfg = block.get("dedup") or {}
     br = BlockResult(name, fmt, kind, policy)
 
+    output_validator = None
+    if block.get("output_schema"):
+        output_validator = schemafile.load_validator(resolve(block["output_schema"]), block["output_schema"])
+
     def load(f: str, ffmt: str, group: str) -> list[Row]:
         path = resolve(f)
-        fr = read_file(path, f, ffmt, group, min_chars, reporter)
+        fr = read_file(path, f, ffmt, group, min_chars, reporter, output_validator)
         br.problems += fr.problems
         br.norm.merge(fr.norm)
         br.rows_in += fr.lines

@@ -17,6 +17,8 @@ import re
 import string
 from collections import Counter
 
+from runner import schemafile
+
 TEXT_METRICS = ("exact_match", "f1", "rouge_l", "contains", "json_valid", "json_schema")
 ALL_METRICS = TEXT_METRICS + ("stops",)
 
@@ -122,11 +124,7 @@ def json_valid(pred: str) -> float:
 
 def schema_validator(schema: dict):
     """A jsonschema validator for the schema's declared draft (2020-12 when it declares none)."""
-    from jsonschema.validators import validator_for
-
-    cls = validator_for(schema)
-    cls.check_schema(schema)
-    return cls(schema)
+    return schemafile.compile_validator(schema)
 
 
 def json_schema(pred: str, validator) -> float:

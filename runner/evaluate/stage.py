@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from runner import schemafile
 from runner.chat_template import stage_template
 from runner.console import say
 from runner.errors import TunebookError
@@ -79,19 +80,10 @@ def load_schema_validator(res, settings):
         raise TunebookError("eval.metrics lists json_schema but no schema file is given",
                             where=_where(res, "eval", "metrics"),
                             fix="Add `json_schema: path/to/schema.json` under eval:")
-    p = res.recipe.resolve_path(path)
     try:
-        schema = json.loads(p.read_text())
-        return mx.schema_validator(schema)
-    except FileNotFoundError:
-        raise TunebookError(f"eval.json_schema: file '{path}' not found", where=_where(res, "eval", "json_schema"),
-                            fix="Paths are relative to the project root.") from None
-    except ValueError as exc:
-        raise TunebookError(f"eval.json_schema: '{path}' is not valid JSON: {exc}",
-                            where=_where(res, "eval", "json_schema")) from None
-    except Exception as exc:  # jsonschema.SchemaError
-        raise TunebookError(f"eval.json_schema: '{path}' is not a valid JSON Schema: "
-                            f"{getattr(exc, 'message', exc)}", where=_where(res, "eval", "json_schema")) from None
+        return schemafile.load_validator(res.recipe.resolve_path(path), path)
+    except TunebookError as exc:
+        raise TunebookError(f"eval.json_schema: {exc.what}", where=_where(res, "eval", "json_schema")) from None
 
 
 def held_out_rows(res, stage, settings) -> tuple[Path, list[dict]]:

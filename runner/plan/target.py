@@ -79,7 +79,8 @@ def training_files(resolved: ResolvedRecipe, stage: ResolvedStage) -> list[Path]
     data = resolved.recipe.data
     body = next((s.body for s in resolved.recipe.stages if s.name == stage.name), {})
     block = body.get("data") or data.get("data") or {}
-    return [root / f for keys, f in data_files(block) if keys[0] != "held_out" and (root / f).is_file()]
+    return [root / f for keys, f in data_files(block) if keys[0] not in ("held_out", "output_schema")
+            and (root / f).is_file()]
 
 
 def plan_gpus(gpu_ids: list[str] | None, preset_gpu: dict | None) -> tuple[list[P.GPU], str | None]:

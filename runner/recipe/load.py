@@ -24,8 +24,9 @@ from runner.recipe.core import (  # noqa: F401
     recipe_file,
 )
 from runner.recipe.merge import merge_problems
+from runner import schemafile
 from runner.recipe.yamlpos import RECIPE_LIMITS, Located, load_yaml
-from runner.safeload import Limits, load_json_file, load_yaml_file, nonfinite_paths
+from runner.safeload import load_yaml_file, nonfinite_paths
 
 # The checkout (or installed tree) that holds schema/ and recipes/presets/ next to runner/.
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]
@@ -51,8 +52,6 @@ OWNED_AXOLOTL_KEYS = {
     "deepspeed": "a preset that names a DeepSpeed config (e.g. `preset: full-ft-multigpu`; presets live in "
                  "recipes/presets/)",
 }
-# A JSON Schema file (eval.json_schema) is a page of rules.
-SCHEMA_FILE_LIMITS = Limits(max_bytes=1024 * 1024, max_depth=32, max_nodes=50_000)
 if TYPE_CHECKING:  # jsonschema takes a tenth of a second to import: only when a recipe is validated
     from jsonschema import Draft202012Validator
     from referencing import Registry
@@ -169,7 +168,8 @@ def known_presets(root: Path) -> list[str]:
 
 
 def data_files(data: dict) -> list[tuple[tuple, str]]:
-    """(key path inside the data block, file) for every file a data block names."""
+    """(key path inside the data block, file) for every file a data block names (its output_schema included:
+    the rows it lets through depend on it)."""
     out = []
     train = data.get("train")
     if isinstance(train, str):
@@ -180,6 +180,8 @@ def data_files(data: dict) -> list[tuple[tuple, str]]:
         out.append((("held_out",), data["held_out"]))
     for i, m in enumerate(data.get("mix") or []):
         out.append((("mix", i, "file"), m["file"]))
+    if data.get("output_schema"):
+        out.append((("output_schema",), data["output_schema"]))
     return out
 
 
@@ -221,24 +223,8 @@ def _reserved_run_names() -> dict[str, str]:
 
 
 def _json_schema_problem(rec: Recipe, f: str) -> str | None:
-    """Why eval.json_schema can't be used (missing, unreadable, not a JSON Schema), or None."""
-    from jsonschema import SchemaError
-    from jsonschema.validators import validator_for
-
-    p = rec.resolve_path(f)
-    if not p.is_file():
-        return (f"JSON Schema file '{f}' not found (paths are relative to the project root {rec.root}); "
-                "check the name or create it")
-    try:
-        schema = load_json_file(p, f, SCHEMA_FILE_LIMITS)
-        if not isinstance(schema, (dict, bool)):
-            return f"'{f}' is not a JSON Schema (a JSON object such as {{\"type\": \"object\"}})"
-        validator_for(schema).check_schema(schema)
-    except TunebookError as exc:
-        return f"JSON Schema file '{f}': {exc}"
-    except SchemaError as exc:
-        return f"'{f}' is not a valid JSON Schema: {exc.message}"
-    return None
+    """Why a JSON Schema file the recipe names (eval.json_schema, data.output_schema) can't be used, or None."""
+    return schemafile.problem(rec.resolve_path(f), f)
 
 
 def _model_problem(rec: Recipe, base: str) -> str | None:
@@ -312,6 +298,10 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
             elif not p.is_file():
                 add(prefix + sub, f"data file '{f}' not found (paths are relative to the project root "
                                   f"{root}); check the name or create it")
+            elif sub == ("output_schema",):
+                why = _json_schema_problem(rec, f)
+                if why:
+                    add(prefix + sub, why)
 
     seen_names, trained, method = {}, False, (d.get("training") or {}).get("method")
     reserved = _reserved_run_names()

@@ -83,3 +83,38 @@ def test_preview_command_prints_trained_tokens_visibly(preview_project, capsys):
     assert "⟦You request time off through the Beacon HR portal" in out
     assert "<|im_end|>⟧" in out and "<|im_start|>user" in out
     assert "end of turn <|im_end|> trained in 1 of 1 examples" in out
+
+
+def test_a_multi_turn_chat_trains_every_assistant_turn_and_masks_every_user_turn(project, smollm2):
+    """Several user/assistant turns in one row: each assistant answer and the <|im_end|> closing it are trained,
+    each user turn (and its <|im_end|>) is masked: the tokens Axolotl's own tokenizer strategy labels."""
+    from runner.data.preview import IGNORE, build_preview
+    from runner.recipe.load import load_recipe
+    from runner.recipe.resolve import resolve
+
+    turns = [("user", "What is the parking fee?"), ("assistant", "Parking costs 17 euros per month."),
+             ("user", "And for motorbikes?"), ("assistant", "Motorbikes park for 6 euros per month."),
+             ("user", "Where do I pay?"), ("assistant", "Pay at the Quillpad portal.")]
+    row = {"messages": [{"role": r, "content": c} for r, c in turns]}
+    root = project(recipes={"mt": f"""
+        name: mt
+        base_model: {smollm2}
+        data: {{train: data/train.jsonl, format: chat, held_out_fraction: 0}}
+        training: {{sequence_len: 256}}
+        stages: [sft]
+        """}, files={"data/train.jsonl": json.dumps(row) + "\n"})
+    pv = build_preview(resolve(load_recipe("mt", root)), n=1)
+    ex, tok = pv.examples[0], pv.tokenizer_obj
+    spans, cur = [], []
+    for i, lab in zip(ex.input_ids, ex.labels):
+        if lab != IGNORE:
+            cur.append(i)
+        elif cur:
+            spans.append(tok.decode(cur))
+            cur = []
+    if cur:
+        spans.append(tok.decode(cur))
+    assert spans == [c + "<|im_end|>" for r, c in turns if r == "assistant"], spans
+    masked = tok.decode([i for i, lab in zip(ex.input_ids, ex.labels) if lab == IGNORE])
+    assert all(c in masked for r, c in turns if r == "user")
+    assert ex.eot_trained

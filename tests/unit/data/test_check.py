@@ -219,3 +219,78 @@ def test_no_training_rows_left_stops_the_run(project):
                    files={"data/train.jsonl": src})
     with pytest.raises(TunebookError, match="no training rows left"):
         dataprep.prepare(resolved(root), quiet=True)
+
+
+# ------------------------------------------------------------------------------------ structured output
+
+TOOL_SCHEMA = {"type": "object", "required": ["tool", "args"], "additionalProperties": False,
+               "properties": {"tool": {"enum": ["lookup_order", "refund"]}, "args": {"type": "object"}}}
+
+
+def _call(tool: str, **args) -> str:
+    return json.dumps({"tool": tool, "args": args})
+
+
+def test_every_answer_must_satisfy_the_output_schema_multi_turn_and_held_out_included(project):
+    """Tool-call rows: a multi-turn chat whose second assistant turn is not JSON, one calling a tool the schema does
+    not know, and a held-out reference that breaks the schema are each reported at their line and field."""
+    def chat(*turns):
+        return {"messages": [{"role": r, "content": c} for r, c in turns]}
+
+    good = [chat(("user", f"Where is order {i}?"), ("assistant", _call("lookup_order", id=i)),
+                 ("user", "Refund it."), ("assistant", _call("refund", id=i))) for i in range(1, 9)]
+    train = jl(*good, chat(("user", "Where is order 9?"), ("assistant", _call("lookup_order", id=9)),
+                           ("user", "Thanks"), ("assistant", "You're welcome!")),
+               chat(("user", "Cancel order 10"), ("assistant", _call("cancel", id=10))))
+    held = jl(chat(("user", "Where is order 11?"), ("assistant", _call("lookup_order", id=11))),
+              chat(("user", "Where is order 12?"), ("assistant", '{"tool": "refund"}')))
+    data = ("train: data/train.jsonl\n  format: chat\n  held_out: data/held.jsonl\n"
+            "  output_schema: schemas/tool_call.json")
+    root = project(recipes={"d": recipe(data=data)},
+                   files={"data/train.jsonl": train, "data/held.jsonl": held,
+                          "schemas/tool_call.json": json.dumps(TOOL_SCHEMA)})
+    with pytest.raises(TunebookError) as exc:
+        dataprep.prepare(resolved(root), quiet=True)
+    msg = " ".join(str(exc.value).split())
+    assert "3 invalid rows in the data (3 answer not valid for output_schema)" in msg, msg
+    assert "data/train.jsonl:9: messages[3].content: not JSON (Expecting value at character 0)" in msg, msg
+    assert ("data/train.jsonl:10: messages[1].content: does not match output_schema at tool: 'cancel' is not one "
+            "of ['lookup_order', 'refund']") in msg, msg
+    assert ("data/held.jsonl:2: messages[1].content: does not match output_schema at the top level: 'args' is a "
+            "required property") in msg, msg
+
+    # on_error: drop trains on the rest and says which rows went.
+    (root / "recipes/d.yaml").write_text(recipe(data=data + "\n  on_error: drop"))
+    pb = dataprep.prepare(resolved(root), quiet=True)["main"]
+    assert pb.counts["train"] + pb.counts.get("validation", 0) == 8 and pb.counts["held_out"] == 1
+    report = json.loads((root / "runs/d/data/report.json").read_text())
+    assert report["blocks"]["main"]["problems"]["by_kind"] == {"bad_output": 3}
+
+
+def test_alpaca_outputs_and_preference_chosen_answers_are_checked_rejected_ones_not(tmp_path):
+    from runner import schemafile
+
+    v = schemafile.compile_validator(TOOL_SCHEMA)
+    f = tmp_path / "train.jsonl"
+    f.write_text(jl({"instruction": "Find order 1", "output": _call("lookup_order", id=1)},
+                    {"instruction": "Find order 2", "output": "```json\n" + _call("lookup_order", id=2) + "\n```"}))
+    r = read(f, "alpaca", output_validator=v)
+    assert [(p.line, p.kind, p.field) for p in r.problems] == [(2, "bad_output", "output")]
+    f.write_text(jl({"prompt": "Find order 3", "chosen": _call("lookup_order", id=3), "rejected": "It is on its way."}))
+    assert read(f, "preference", output_validator=v).problems == []
+
+
+def test_an_output_schema_that_is_missing_or_no_schema_is_a_recipe_error(project):
+    from runner.errors import RecipeErrors
+    from runner.recipe.load import load_recipe
+
+    data = "train: data/train.jsonl\n  format: alpaca\n  output_schema: schemas/x.json"
+    root = project(recipes={"d": recipe(data=data)}, files={"data/train.jsonl": jl(qa(1))})
+    with pytest.raises(RecipeErrors) as exc:
+        load_recipe("d", root)
+    assert "recipes/d.yaml:6: data.output_schema: data file 'schemas/x.json' not found" in str(exc.value)
+    (root / "schemas").mkdir()
+    (root / "schemas/x.json").write_text('{"type": "no-such-type"}')
+    with pytest.raises(RecipeErrors) as exc:
+        load_recipe("d", root)
+    assert "'schemas/x.json' is not a valid JSON Schema" in str(exc.value)

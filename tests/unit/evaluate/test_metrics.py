@@ -1,6 +1,8 @@
 """Held-out metrics against values computed by hand."""
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from runner.evaluate import metrics as mx
@@ -131,3 +133,24 @@ def test_key_facts_in_held_out_rows_add_contains_to_the_default_metrics():
     # A recipe that lists its metrics gets exactly those.
     chosen = SimpleNamespace(data={"eval": {"metrics": ["f1"]}})
     assert metrics_for(chosen, {"metrics": ["f1"]}, rows) == ["f1"]
+
+
+def test_a_multi_turn_held_out_row_is_asked_with_its_earlier_turns_and_scored_on_its_last_answer(tmp_path):
+    """The model answers the last user turn with the conversation before it in context (earlier assistant turns
+    included); the reference is the final assistant turn."""
+    from types import SimpleNamespace
+
+    from runner.evaluate.stage import held_out_rows
+    from runner.layout import RunLayout
+
+    layout = RunLayout(tmp_path / "runs" / "r")
+    path = layout.data_file("main", "held_out")
+    path.parent.mkdir(parents=True)
+    turns = [{"role": "user", "content": "What is the parking fee?"},
+             {"role": "assistant", "content": "17 euros per month."},
+             {"role": "user", "content": "And for motorbikes?"},
+             {"role": "assistant", "content": "Motorbikes park for 6 euros per month."}]
+    path.write_text(json.dumps({"id": "moto", "messages": turns, "key_fact": r"\b6\b"}) + "\n")
+    res = SimpleNamespace(layout=layout, data={})
+    _, rows = held_out_rows(res, SimpleNamespace(data_block="main"), {})
+    assert rows == [{"id": "moto", "conversation": turns[:3], "reference": turns[3]["content"], "key_fact": r"\b6\b"}]
