@@ -8,7 +8,7 @@ keep itself, after training (runner.train.trainlog.best_epoch).
 
 The resolved config names this plugin (after runner.train.seed_plugin's) and its settings (runner.recipe.resolve):
     plugins: [runner.train.early_stop_plugin.EarlyStopPlugin]
-    tunebook_early_stopping: {patience, min_delta, memorised, min_epochs, record: <stage dir>/early_stop.json}
+    tunebook_early_stopping: {patience, min_delta, min_gain, memorised, min_epochs, record: <stage dir>/early_stop.json}
 Axolotl imports the module in the training process (the same venv; runner.train.axolotl.child_env puts this
 package first on PYTHONPATH) and validates the settings with EarlyStoppingArgs, which it merges into its own
 config schema (axolotl/integrations/config.py: merge_input_args).
@@ -44,6 +44,7 @@ class EarlyStoppingSettings(BaseModel):
 
     patience: int = _bounded("patience")
     min_delta: float = _bounded("min_delta")
+    min_gain: float = _bounded("min_gain")
     memorised: float = _bounded("memorised")
     min_epochs: int = _bounded("min_epochs")
     record: str = Field(description="early_stop.json of the stage: how many epochs ran and why training stopped")

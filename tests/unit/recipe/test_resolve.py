@@ -193,7 +193,7 @@ def test_early_stopping_is_derived_for_an_sft_stage_with_a_validation_split(proj
 
     res, sft = _sft(project)
     rule = sft.config["tunebook_early_stopping"]
-    assert rule == {"patience": 2, "min_delta": 0.01, "memorised": 0.01, "min_epochs": 2,
+    assert rule == {"patience": 2, "min_delta": 0.01, "min_gain": 0.005, "memorised": 0.01, "min_epochs": 2,
                     "record": str(sft.paths.early_stop)}
     assert sft.paths.early_stop == sft.run_dir / "early_stop.json"
     src, why = sft.sources["tunebook_early_stopping"]
