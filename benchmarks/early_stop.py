@@ -5,8 +5,8 @@ held-out questions by its eval stage. The recipe names only the model and the da
 
 Usage: .venv/bin/python benchmarks/early_stop.py [--only on|off]
 Needs `make model`. Trains in a temporary project (benchmarks/temp_project.py); writes
-benchmarks/results/early-stop-company-facts-<date>.json with the command, each run's epochs, stop reason,
-validation losses, kept epoch, held-out `contains` and training time. One training at a time: on 2 cores two
+benchmarks/results/early-stop-company-facts-<date>[-on|-off].json with the command, each run's rule, epochs, stop
+reason, validation losses, kept epoch, held-out `contains` and training time. One training at a time: on 2 cores two
 trainings at once slow each other several times over. Each run is ~5-12 minutes on 2 cores.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main() -> int:
         runs.append({"early_stopping": on, **run})
     result = {"command": " ".join(["benchmarks/early_stop.py", *sys.argv[1:]]), **tp.machine(),
               "data": str(DATA.relative_to(tp.ROOT)), "runs": runs}
-    print(tp.write_result("early-stop-company-facts", result))
+    print(tp.write_result("early-stop-company-facts" + (f"-{args.only}" if args.only else ""), result))
     print(json.dumps(result, indent=2))
     return 0
 

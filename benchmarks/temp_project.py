@@ -44,10 +44,13 @@ def train(recipe: str, data: dict[str, Path], stage: str = "sft") -> dict:
         best = json.loads(best_path.read_text()) if best_path.is_file() else {}
         metrics_path = run / "eval" / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        stop_path = run / stage / "early_stop.json"
+        rule = json.loads(stop_path.read_text()).get("rule") if stop_path.is_file() else None
         hist = trainlog.history(run / stage)
         summ = trainlog.summary(hist)
         steps = summ.get("logged_steps")  # one per optimizer step (logging_steps: 1, recipes/presets/defaults.yaml)
         return {
+            "early_stopping_rule": rule,
             "epochs_planned": st.get("epochs_planned"), "epochs_run": st.get("epochs_run"),
             "stopped_early": st.get("stopped_early"), "stop_reason": st.get("stop_reason"),
             "eval_loss_per_epoch": best.get("eval_loss_per_epoch"), "kept_checkpoint": best.get("checkpoint"),

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner import schemafile
 from runner.errors import RecipeErrors, TunebookError
 from runner.formats import block_format
 from runner.layout import RunLayout
@@ -24,7 +25,6 @@ from runner.recipe.core import (  # noqa: F401
     recipe_file,
 )
 from runner.recipe.merge import merge_problems
-from runner import schemafile
 from runner.recipe.yamlpos import RECIPE_LIMITS, Located, load_yaml
 from runner.safeload import load_yaml_file, nonfinite_paths
 

@@ -27,6 +27,18 @@ def is_pissa(config: dict) -> bool:
     return str(config.get("peft_init_lora_weights") or "").lower().startswith(PISSA_PREFIX)
 
 
+def trained_as_pissa(adapter_dir: Path) -> bool:
+    """Whether the adapter saved in `adapter_dir` is a PiSSA adapter still to convert. Its own config decides, not
+    the stage's: a stage that continues an existing adapter (a dpo stage's `from: adapter`) loads it as saved, and
+    PiSSA's init never runs there."""
+    p = Path(adapter_dir) / ADAPTER_CONFIG
+    try:
+        init = json.loads(p.read_text()).get("init_lora_weights")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return str(init).lower().startswith(PISSA_PREFIX)
+
+
 def converted_config(cfg: dict) -> dict:
     """The adapter_config.json of the converted adapter: rank and alpha doubled (rsLoRA's alpha by √2, its
     scaling being alpha/√r), the patterns doubled, and no PiSSA init (loading it must not decompose W again)."""

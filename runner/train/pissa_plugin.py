@@ -31,10 +31,12 @@ class PissaInitPlugin(BasePlugin):
             return
         if int(os.environ.get("RANK", "0")) != 0:  # every rank built the same init: one writes it
             return
+        peft_cfg = model.peft_config["default"]
+        if not str(peft_cfg.init_lora_weights).lower().startswith("pissa"):
+            return  # an adapter loaded as saved (lora_model_dir): PiSSA's init did not run, nothing to convert
         dest = StageLayout.of_output(cfg["output_dir"]).pissa_init
         tmp = dest.with_name(dest.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        peft_cfg = model.peft_config["default"]
         init = peft_cfg.init_lora_weights
         peft_cfg.init_lora_weights = True
         try:

@@ -171,7 +171,7 @@ def after_training(res: ResolvedRecipe, stage: ResolvedStage) -> None:
         say(f"{stage.name}: kept epoch {best['epoch']:g} of {best['epochs_run']:g} "
             f"(validation loss {best['eval_loss']:.4f}, lowest {best['lowest_eval_loss']:.4f}; per epoch: "
             + ", ".join("nan" if x is None else f"{x:.3f}" for x in best["eval_loss_per_epoch"]) + ")")
-    if pissa.is_pissa(stage.config) and stage.config.get("adapter"):
+    if stage.config.get("adapter") and pissa.trained_as_pissa(stage.output_dir):
         rank = pissa.convert(stage.output_dir, stage.paths.pissa_init)
         say(f"{stage.name}: PiSSA adapter converted to a rank-{rank} LoRA adapter on the original base model "
             "(merge, eval, serve and export use it as trained)")

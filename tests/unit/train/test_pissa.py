@@ -68,3 +68,14 @@ def test_a_missing_initial_adapter_is_an_error_that_says_to_retrain(tmp_path):
         pissa.convert(d, tmp_path / "pissa_init")
     assert "initial adapter is missing" in str(e.value) and "--force" in e.value.fix
     assert pissa.is_pissa({"peft_init_lora_weights": "pissa_niter_4"}) and not pissa.is_pissa({})
+
+
+def test_only_an_adapter_saved_as_pissa_is_converted(tmp_path):
+    # A dpo stage continuing an SFT adapter (from: adapter) loads it as saved: PiSSA's init never ran there.
+    assert not pissa.trained_as_pissa(tmp_path)  # no adapter at all
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 16, "init_lora_weights": True}))
+    assert not pissa.trained_as_pissa(tmp_path)
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8, "init_lora_weights": "pissa_niter_4"}))
+    assert pissa.trained_as_pissa(tmp_path)
+    (tmp_path / "adapter_config.json").write_text("[1, 2]")
+    assert not pissa.trained_as_pissa(tmp_path)
