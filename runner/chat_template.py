@@ -54,7 +54,9 @@ class TemplateReport:
         return self.end_of_turn is not None and self.end_of_turn_id not in self.eos_ids
 
 
-def _render(tok, messages, template=None, gen=False) -> str:
+def render(tok, messages, template=None, gen=False) -> str:
+    """`messages` as text in a chat template (None: the tokenizer's own), with the assistant's turn opened when
+    `gen`."""
     return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen,
                                    chat_template=template)
 
@@ -118,7 +120,7 @@ def stage_template(config: dict, tok, source: str | None = None) -> tuple[str | 
                 fix="Use one of Axolotl's template names (chatml, llama3, mistral_v7_tekken, ...), "
                     "chat_template: jinja with chat_template_jinja, or tokenizer_default.")
     try:
-        _render(tok, PROBE, template)
+        render(tok, PROBE, template)
     except Exception as exc:  # noqa: BLE001 - any Jinja or template error means training cannot use it
         raise TunebookError(f"the chat template ({origin}) cannot render a user/assistant exchange: "
                             f"{type(exc).__name__}: {exc}", fix=fix_named) from None
@@ -167,7 +169,7 @@ def count_tokens(tok, convs: list[list[dict]], template: str | None,
 
 def end_of_turn_token(tok, template: str | None = None) -> str | None:
     """The special token the chat template puts right after an assistant message, e.g. <|im_end|>."""
-    text = _render(tok, [{"role": "user", "content": SENTINEL_USER},
+    text = render(tok, [{"role": "user", "content": SENTINEL_USER},
                          {"role": "assistant", "content": SENTINEL_ANSWER}], template)
     rest = text[text.find(SENTINEL_ANSWER) + len(SENTINEL_ANSWER):]
     specials = sorted({t for t in tok.all_special_tokens} | set(tok.get_added_vocab()), key=len, reverse=True)
@@ -180,7 +182,7 @@ def end_of_turn_token(tok, template: str | None = None) -> str | None:
 
 def default_system_prompt(tok, template: str | None = None) -> str | None:
     """Text of a system turn the template adds when the conversation has none (None if it adds nothing)."""
-    no_sys = _render(tok, [{"role": "user", "content": SENTINEL_USER}], template)
+    no_sys = render(tok, [{"role": "user", "content": SENTINEL_USER}], template)
     # Whatever precedes the user's text, less special tokens and role names, was injected by the template.
     words = no_sys[:no_sys.find(SENTINEL_USER)]
     for s in sorted(set(tok.all_special_tokens) | set(tok.get_added_vocab()), key=len, reverse=True):
@@ -211,7 +213,7 @@ def template_without_default_system(tok) -> str | None:
         sys_conv = [{"role": "system", "content": SENTINEL_SYSTEM}] + user
         if default_system_prompt(tok, candidate) is not None:
             return None
-        if _render(tok, sys_conv, candidate) != _render(tok, sys_conv):
+        if render(tok, sys_conv, candidate) != render(tok, sys_conv):
             return None
         if end_of_turn_token(tok, candidate) != end_of_turn_token(tok):
             return None

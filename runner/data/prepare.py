@@ -15,7 +15,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import formats
+from runner import formats, preference
+from runner.chat_template import render as render_template
 from runner.console import NULL_REPORTER, Reporter, say, terminal_reporter
 from runner.data import check as datacheck
 from runner.data import tokens as toklen
@@ -57,6 +58,8 @@ class BlockCheck:
     rows: dict[str, list[dict]]
     tokens: dict | None = None
     prepared: PreparedBlock | None = None
+    trainer_shape: dict | None = None  # a kto stage's desirable/undesirable balance
+    origins: dict[str, list[str]] = field(default_factory=dict)  # file:line of each written row, where not 1:1
 
 
 @dataclass
@@ -81,17 +84,59 @@ def _stage_for(res, name: str):
     return next((s for s in res.stages if s.data_block == name and s.config), None)
 
 
-def _token_stats(res, name: str, bc: BlockCheck, stage, reporter: Reporter, cache: dict) -> dict:
-    tstage = toklen.stage_for_block(res, name)
-    if tstage is None:
-        return {"skipped": "no training stage uses this block"}
+def _tokenizer(res, tstage, cache: dict):
+    """(TokenizerInfo, None) of a training stage, or (None, why not); loaded once per model and template."""
     key = (str(tstage.config.get("base_model")), str(tstage.config.get("chat_template_jinja")))
     if key not in cache:
         # The tokenizer is read with local_files_only (runner.data.tokens): nothing is downloaded here, and the
         # process environment is left alone, so the Axolotl processes the pipeline starts next can download a
         # hub model (HF_HUB_OFFLINE set here would reach them through runner.train.axolotl.child_env).
         cache[key] = toklen.load_tokenizer(res, tstage)
-    info, note = cache[key]
+    return cache[key]
+
+
+def _trainer_rows(res, bc: BlockCheck, stage, cache: dict) -> dict[str, list[dict]]:
+    """The rows each split's file holds: the converted rows, except that a preference stage's training rows are
+    written in the shape its method's trainer reads (`runner.preference`); a kto stage's are rendered with its
+    chat template, so its tokenizer must be on this machine."""
+    if stage is None or stage.kind not in preference.METHODS or bc.result.format != "preference":
+        return bc.rows
+    method = preference.METHODS[stage.kind]
+    render = None
+    if method.needs_template:
+        info, _ = _tokenizer(res, stage, cache)
+        if info is None:
+            raise TunebookError(f"stage '{stage.name}' ({stage.kind}) trains on examples rendered with the model's "
+                                f"chat template, and the tokenizer of {res.recipe.data['base_model']} is not on this "
+                                "machine (the data step downloads nothing)",
+                                where=res.recipe.where("stages", stage.index),
+                                fix="Run `tunebook train` (it fetches a hub model first) or put the model's files "
+                                    "at base_model, then prepare the data again.")
+        tok, template = info.tokenizer, info.template
+        render = lambda msgs, gen: render_template(tok, msgs, template, gen)  # noqa: E731
+    out = dict(bc.rows)
+    try:
+        out["train"], sources = preference.trainer_rows(stage.kind, bc.rows.get("train", []), render)
+    except ValueError as exc:
+        raise TunebookError(f"stage '{stage.name}' ({stage.kind}): {exc}", where=res.recipe.where("stages", stage.index),
+                            fix="Set a chat template whose prompt renders as the start of the conversation, e.g. "
+                                "axolotl: {chat_template: chatml}.") from None
+    train_from = bc.result.splits.get("train", [])
+    bc.origins = {"train": [train_from[i].where for i in sources]}
+    shape = preference.balance(stage.kind, out["train"])
+    if shape:
+        bc.result.notes.append(
+            f"{len(bc.rows.get('train', []))} pairs written as {shape['desirable']} desirable and "
+            f"{shape['undesirable']} undesirable examples (desirable:undesirable {shape['ratio']}:1)")
+        bc.trainer_shape = {"method": stage.kind, **shape}
+    return out
+
+
+def _token_stats(res, name: str, bc: BlockCheck, stage, reporter: Reporter, cache: dict) -> dict:
+    tstage = toklen.stage_for_block(res, name)
+    if tstage is None:
+        return {"skipped": "no training stage uses this block"}
+    info, note = _tokenizer(res, tstage, cache)
     if info is None:
         return {"skipped": note}
     rows = bc.rows.get("train", []) + bc.rows.get("validation", [])
@@ -112,17 +157,18 @@ def _token_stats(res, name: str, bc: BlockCheck, stage, reporter: Reporter, cach
     return out
 
 
-def _write_block(out_dir: Path, bc: BlockCheck) -> PreparedBlock:
+def _write_block(out_dir: Path, bc: BlockCheck, files: dict[str, list[dict]]) -> PreparedBlock:
     br = bc.result
     pb = PreparedBlock(br.name, out_dir, br.format)
-    for split, rows in bc.rows.items():
+    for split, rows in files.items():
         path = out_dir / f"{split}.jsonl"
         atomic_write_text(path, _jsonl(rows))
         pb.files[split], pb.counts[split], pb.hashes[split] = path, len(rows), sha256_file(path)
     for stale in ("validation", "held_out"):
-        if stale not in bc.rows and (out_dir / f"{stale}.jsonl").exists():
+        if stale not in files and (out_dir / f"{stale}.jsonl").exists():
             (out_dir / f"{stale}.jsonl").unlink()
-    atomic_write_json(out_dir / "origins.json", {s: [r.where for r in rows] for s, rows in br.splits.items()})
+    atomic_write_json(out_dir / "origins.json", {s: bc.origins.get(s) or [r.where for r in rows]
+                                                 for s, rows in br.splits.items()})
     atomic_write_json(out_dir / "prepared.json", {"format": br.format, "counts": pb.counts, "hashes": pb.hashes})
     return pb
 
@@ -153,7 +199,7 @@ def run_checks(res, tokens: bool = True, write: bool = True, write_report: bool 
         if tokens:
             bc.tokens = _token_stats(res, name, bc, stage, reporter, tok_cache)
         if write and not br.failed and br.splits.get("train"):  # nothing trains on a block without rows
-            bc.prepared = _write_block(data_root / name, bc)
+            bc.prepared = _write_block(data_root / name, bc, _trainer_rows(res, bc, stage, tok_cache))
         blocks[name] = bc
     report = build_report(res, blocks)
     dc = DataCheck(res, blocks, report, data_root / "report.json")
@@ -190,6 +236,8 @@ def build_report(res, blocks: dict[str, BlockCheck]) -> dict:
     for name, bc in blocks.items():
         b = bc.result.report()
         b["tokens"] = bc.tokens if bc.tokens is not None else {"skipped": "not computed"}
+        if bc.trainer_shape:
+            b["trainer_rows"] = bc.trainer_shape
         if bc.prepared:
             b["files"] = {s: {"path": rel(p), "rows": bc.prepared.counts[s], "sha256": bc.prepared.hashes[s]}
                           for s, p in bc.prepared.files.items()}

@@ -225,26 +225,25 @@ def build_preview(res, n: int = 5, stage_name: str | None = None, rows: list[dic
     examples = []
     with _quiet():
         if st.kind in PREFERENCE_KINDS:
-            from axolotl.prompt_strategies.dpo import load as load_dpo
-
-            transform = load_dpo(c.datasets[0]["type"], c, dataset_idx=0)
-            if isinstance(transform, tuple):  # (transform_fn, dataset map kwargs)
-                transform = transform[0]
-            if transform is None:
-                raise TunebookError(f"stage '{st.name}': Axolotl has no preference transform for dataset type "
-                                    f"{c.datasets[0]['type']}")
-            if st.kind != "dpo":
-                notes.append(f"{st.kind} pairs are shown with Axolotl's DPO chat-template rendering (same text)")
-            notes.append("preference pairs: the prompt is masked, the chosen answer is trained towards and the "
-                         "rejected one away from (TRL computes the loss on both answers)")
+            transform = _preference_transform(st, c)
+            if st.kind == "kto":
+                notes.append("kto examples: the prompt is masked; a desirable example's completion is trained "
+                             "towards, an undesirable one's away from (TRL's KTO loss)")
+            else:
+                notes.append("preference pairs: the prompt is masked, the chosen answer is trained towards and the "
+                             "rejected one away from (TRL computes the loss on both answers)")
             for i, row in enumerate(rows):
-                out = transform(row, tokenizer=tok)
+                out = transform(row, tokenizer=tok) if st.kind != "kto" else transform(dict(row))
+                where = origins[i] if i < len(origins) else f"row {i + 1}"
                 p = tok(out["prompt"], add_special_tokens=False)["input_ids"]
-                ch = tok(out["chosen"], add_special_tokens=False)["input_ids"]
-                rj = tok(out["rejected"], add_special_tokens=False)["input_ids"]
-                ex = _make_example(tok, origins[i] if i < len(origins) else f"row {i + 1}", p + ch,
-                                   [IGNORE] * len(p) + ch, eot_id, specials)
-                ex.rejected_ids = rj
+                if st.kind == "kto":
+                    done = tok(out["completion"], add_special_tokens=False)["input_ids"]
+                    ex = _make_example(tok, f"{where} ({'desirable' if out['label'] else 'undesirable'})",
+                                       p + done, [IGNORE] * len(p) + done, eot_id, specials)
+                else:
+                    ch = tok(out["chosen"], add_special_tokens=False)["input_ids"]
+                    ex = _make_example(tok, where, p + ch, [IGNORE] * len(p) + ch, eot_id, specials)
+                    ex.rejected_ids = tok(out["rejected"], add_special_tokens=False)["input_ids"]
                 examples.append(ex)
         else:
             from axolotl.prompt_strategies import load
@@ -272,6 +271,23 @@ def build_preview(res, n: int = 5, stage_name: str | None = None, rows: list[dic
     if tn:
         pv.warnings.append(tn)
     return pv
+
+
+def _preference_transform(st, c):
+    """Axolotl's transform for a preference stage's prepared rows: the loader its data step uses for the method
+    (axolotl.utils.data.rl), so the preview shows the text the trainer gets."""
+    from axolotl.prompt_strategies.dpo import load as load_dpo
+    from axolotl.prompt_strategies.kto import load as load_kto
+    from axolotl.prompt_strategies.orpo import load as load_orpo
+
+    kind_type = c.datasets[0]["type"]
+    loader = {"orpo": load_orpo, "kto": load_kto}.get(st.kind, load_dpo)
+    transform = loader("user_defined.default" if isinstance(kind_type, dict) else kind_type, c, dataset_idx=0)
+    if isinstance(transform, tuple):  # (transform_fn, dataset map kwargs)
+        transform = transform[0]
+    if transform is None:
+        raise TunebookError(f"stage '{st.name}': Axolotl has no {st.kind} transform for dataset type {kind_type}")
+    return transform
 
 
 # --------------------------------------------------------------------------------------------- display

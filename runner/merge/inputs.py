@@ -13,7 +13,7 @@ from runner.recipe.merge import MergeSource
 
 # Stage kinds of a source recipe whose lock entries make the model it ships (their output hashes are the source's
 # fingerprint: a new one means it was retrained).
-MODEL_KINDS = ("sft", "dpo", "orpo", "kto", "merge", "mergekit")
+MODEL_KINDS = ("sft", "dpo", "simpo", "orpo", "kto", "merge", "mergekit")
 
 def source_fingerprint(src: MergeSource) -> dict[str, str | None]:
     """What the lock records of a source: the output hash of each stage of its lock that makes its model

@@ -216,10 +216,9 @@ def _training_section(name, kind, hist, plots: dict) -> list[str]:
             ("last train loss", _f(s.get("train_loss_last"))), ("lowest train loss", _f(s.get("train_loss_min")))]
     if "eval_loss_best" in s:
         rows.append(("best eval loss", _f(s["eval_loss_best"])))
-    if "reward_margin_last" in s:
-        rows.append(("reward margin first → last", f"{s['reward_margin_first']:.3f} → {s['reward_margin_last']:.3f}"))
-    if "reward_accuracy_last" in s:
-        rows.append(("last reward accuracy", _f(s["reward_accuracy_last"])))
+    for _, metric, label in trainlog.PREFERENCE_METRICS:
+        if f"{metric}_last" in s:
+            rows.append((f"{label}, first → last", f"{s[f'{metric}_first']:.3f} → {s[f'{metric}_last']:.3f}"))
     if "train_runtime_s" in s:
         rows.append(("runtime", f"{float(s['train_runtime_s']):.0f} s"))
     lines += ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows if v is not None] + [""]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from runner import preference
 from runner.errors import TunebookError
 from runner.hardware import ampere_or_newer
 from runner.recipe.load import PACKAGE_ROOT
@@ -199,7 +200,7 @@ class TrainSetup:
     n_gpus: int = 1
     dtype: str = "bf16"                 # bf16 | fp16 | fp32
     load_in_8bit: bool = False          # LoRA over LLM.int8 weights
-    stage_kind: str = "sft"             # dpo/orpo run chosen and rejected in one batch
+    stage_kind: str = "sft"             # runner.preference: paired methods run chosen and rejected in one batch
     max_row_tokens: int | None = None   # without packing: longest row, i.e. the padded batch length
 
     @property
@@ -208,7 +209,8 @@ class TrainSetup:
         length = self.seq_len
         if not self.packing and self.max_row_tokens:
             length = min(self.seq_len, 64 * math.ceil(self.max_row_tokens / 64))  # Axolotl pads to x64
-        pairs = 2 if self.stage_kind in ("dpo", "orpo", "ipo", "simpo") else 1
+        method = preference.METHODS.get(self.stage_kind)
+        pairs = 2 if method and method.paired else 1
         return self.micro_batch * length * pairs
 
     @classmethod
@@ -406,9 +408,9 @@ def estimate_memory(shape: ModelShape, setup: TrainSetup) -> MemoryEstimate:
         notes.append(f"{s.optimizer} keeps {opt / GIB:.2f} GiB of states in CUDA managed memory, which "
                      "PyTorch does not count and the driver can page out to CPU RAM; not in the peak.")
         opt = 0
-    if s.stage_kind == "dpo" and full:
+    if _reference(s) and full:
         weights += shape.params * b16
-        notes.append("full-parameter DPO holds a frozen reference copy of the model.")
+        notes.append(f"full-parameter {s.stage_kind.upper()} holds a frozen reference copy of the model.")
     partial = full and not s.zero_stage  # grads appear layer by layer (Trainer zeroes them to None)
     if s.zero_stage >= 2:
         grads, opt = grads // n, opt // n
@@ -598,7 +600,7 @@ def flops_per_token(shape: ModelShape, setup: TrainSetup) -> float:
     Matmul weights N = decoder projections + output head. Full: 6N (forward 2N, backward 4N). LoRA/QLoRA:
     4N (the frozen weights need input gradients only) + 6 x LoRA params. Gradient checkpointing adds one
     more forward of the layers (2 x projection params). Causal attention adds 2 x layers x seq x q_dim per
-    token forward, x3 with backward, +1 forward with checkpointing. DPO adds the reference forward.
+    token forward, x3 with backward, +1 forward with checkpointing. DPO and KTO add the reference forward.
     """
     s = setup
     n_mm = shape.linear_params + shape.vocab * shape.hidden
@@ -610,9 +612,15 @@ def flops_per_token(shape: ModelShape, setup: TrainSetup) -> float:
     f += 3 * attn
     if s.grad_ckpt:
         f += 2 * shape.linear_params + attn
-    if s.stage_kind == "dpo":
+    if _reference(s):
         f += 2 * n_mm + attn
     return float(f)
+
+
+def _reference(s: TrainSetup) -> bool:
+    """Does the stage run a frozen reference model beside the trained one (DPO, KTO)?"""
+    method = preference.METHODS.get(s.stage_kind)
+    return bool(method and method.reference)
 
 
 def estimate_time(shape: ModelShape, setup: TrainSetup, tokens_per_epoch: float, epochs: float,

@@ -15,8 +15,8 @@ from runner.recipe.yamlpos import Located
 # shell metacharacters, no path separators, no leading dot or dash, and short enough for any file system.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 NAME_RULE = "up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
-TRAIN_KINDS = ("sft", "dpo", "orpo", "kto")
-PREFERENCE_KINDS = ("dpo", "orpo", "kto")
+TRAIN_KINDS = ("sft", "dpo", "simpo", "orpo", "kto")
+PREFERENCE_KINDS = ("dpo", "simpo", "orpo", "kto")  # runner.preference: what each is and the rows it reads
 
 
 @dataclass

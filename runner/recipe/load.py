@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import schemafile
+from runner import preference, schemafile
 from runner.errors import RecipeErrors, TunebookError
 from runner.formats import block_format
 from runner.layout import RunLayout
@@ -117,7 +117,7 @@ def describe_schema_error(err) -> tuple[tuple, str]:
                                f" Allowed here: {', '.join(allowed)}")
     if v == "propertyNames":
         key = next(iter(inst)) if isinstance(inst, dict) and inst else inst
-        kinds = sch.get("propertyNames", {}).get("enum") or ["sft", "dpo", "merge", "eval"]
+        kinds = sch.get("propertyNames", {}).get("enum") or [*TRAIN_KINDS, "merge", "eval"]
         return path + (key,), f"unknown stage '{key}'{did_you_mean(key, kinds)} Stages are: {', '.join(kinds)}"
     if v == "required":
         missing = [k for k in sch["required"] if k not in inst]
@@ -304,6 +304,7 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
                     add(prefix + sub, why)
 
     seen_names, trained, method = {}, False, (d.get("training") or {}).get("method")
+    main_methods: dict[str, tuple] = {}  # prepared row shape -> (stage, kind) of the first one on the recipe's data
     reserved = _reserved_run_names()
     for s in rec.stages:
         kp = ("stages", s.index)
@@ -328,7 +329,17 @@ def semantic_problems(rec: Recipe) -> list[tuple[str, str]]:
                                     f"`- {s.kind}: {{data: {{train: prefs.jsonl, format: preference}}}}`")
             if s.kind == "sft" and fmt == "preference":
                 add(kp, "an sft stage needs instruction (alpaca) or chat data but its data is preference "
-                        "pairs. Point the sft stage at instruction data, or use a dpo stage")
+                        "pairs. Point the sft stage at instruction data, or use a preference stage (dpo, simpo, "
+                        "orpo or kto)")
+            if s.kind in PREFERENCE_KINDS and not s.body.get("data"):
+                shape = preference.METHODS[s.kind].rows
+                first = main_methods.setdefault(shape, (s.name, s.kind))
+                other = next((v for k, v in main_methods.items() if k != shape), None)
+                if other and first == (s.name, s.kind):
+                    add(kp, f"stages {other[0]} ({other[1]}) and {s.name} ({s.kind}) both train on "
+                            "the recipe's data, but their trainers read it in different shapes (one prepared file "
+                            f"per data block). Give one its own data block: `- {s.kind}: {{data: {{train: "
+                            f"<the same file>, format: preference}}}}`")
         if s.kind == "eval" and not trained and not any(x.kind in TRAIN_KINDS for x in rec.stages):
             add(kp, "eval has no fine-tuned model to evaluate: add a training stage before it")
         if s.name in reserved and not (s.kind == "eval" and s.name == "eval"):

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runner import early_stopping as es
 from runner import hardware as hw
+from runner import preference
 from runner.formats import block_format
 from runner.layout import RunLayout, StageLayout
 from runner.recipe.core import PREFERENCE_KINDS, TRAIN_KINDS, Recipe, Stage, is_merge_recipe, looks_like_path
@@ -39,7 +40,10 @@ TRAINING_TO_AXOLOTL = {
     "optimizer": "optimizer",
     "save_steps": "save_steps",
     "seed": "seed",
+    "gamma": "simpo_gamma",
 }
+# Axolotl keys that only a preference stage of one method reads: dropped from every other stage's config.
+METHOD_ONLY_KEYS = {"rl_beta": PREFERENCE_KINDS, "simpo_gamma": ("simpo",), "cpo_alpha": ("simpo",)}
 # training.lora.variant → the Axolotl (peft) keys that build it; plain LoRA needs none. PiSSA's fast SVD (4
 # subspace iterations, peft's recommendation) draws at random: the seed plugin makes it repeat.
 LORA_VARIANTS = {
@@ -318,8 +322,14 @@ def _stage_layers(ctx: _Context, s: Stage, adapted: list[str]) -> Layered:
     if preset and h.cuda and not derived.get("_per_pack_steps"):
         skip |= {k for k in BATCH_KEYS if k in (preset.get("training") or {})}
     _apply_training(cfg, {k: v for k, v in derived.items() if k not in skip}, "derived", ctx.derived_why)
+    method = (ctx.defaults.get("methods") or {}).get(s.kind) or {}
+    _apply_training(cfg, method.get("training") or {}, "tunebook default", method.get("why"))
+    cfg.update(method.get("axolotl"), "tunebook default", method.get("why"))
     _apply_training(cfg, rec.data.get("training") or {}, "recipe")
-    if s.kind in PREFERENCE_KINDS:
+    # ORPO is SFT and preference in one: as the first training stage it learns the answers as well, with the
+    # training defaults an sft stage starts from; after another stage, it refines like the others.
+    learns_answers = s.kind == "orpo" and _find_upstream(rec.stages, s.index) is None
+    if s.kind in PREFERENCE_KINDS and not learns_answers:
         # Preference tuning moves a model that already answers well: gentle defaults.
         pref = {"learning_rate": 5.0e-6 if cfg.values.get("adapter") is None else 5.0e-5, "epochs": 1}
         for k, v in pref.items():
@@ -369,17 +379,16 @@ def _datasets(cfg: Layered, ctx: _Context, s: Stage, block: dict, block_name: st
     fmt = block_format(block, ctx.rec.root)
     data_file = ctx.layout.data_file(block_name, "train")
     if s.kind in PREFERENCE_KINDS:
-        cfg.set("rl", s.kind, WIRING)
-        ds = {"path": str(data_file), "ds_type": "json", "split": "train", "type": "chat_template.default",
-              "field_messages": "messages", "field_chosen": "chosen", "field_rejected": "rejected"}
-        for k in ("sample_packing",):
-            cfg.set(k, False, WIRING, f"{s.kind} pairs chosen/rejected per row; packing does not apply")
+        _preference_wiring(cfg, s)
+        ds = preference.dataset(s.kind, str(data_file))
     else:
         ds = {"path": str(data_file), "ds_type": "json", "type": "chat_template",
               "field_messages": "messages", "roles_to_train": ["assistant"], "train_on_eos": "turn"}
-    if s.kind not in PREFERENCE_KINDS:
-        cfg.drop("rl_beta")
-    cfg.set("datasets", [ds], WIRING, f"{fmt or 'detected'} data, normalised by tunebook")
+    for key, kinds in METHOD_ONLY_KEYS.items():
+        if s.kind not in kinds:
+            cfg.drop(key)
+    how = f", written as {s.kind} examples" if s.kind in ("orpo", "kto") else ""
+    cfg.set("datasets", [ds], WIRING, f"{fmt or 'detected'} data, normalised by tunebook{how}")
     if s.kind == "sft" and block.get("validation_fraction"):
         val = ctx.layout.data_file(block_name, "validation")
         vwhy = "validation split carved from the training data (never the held-out file)"
@@ -395,6 +404,27 @@ def _datasets(cfg: Layered, ctx: _Context, s: Stage, block: dict, block_name: st
         cfg.drop("val_set_size")
         if cfg.values.get("max_steps"):
             cfg.drop("save_steps")
+
+
+def _preference_wiring(cfg: Layered, s: Stage) -> None:
+    """What Axolotl's trainer for a preference method requires of its config."""
+    cfg.set("rl", s.kind, WIRING, preference.METHODS[s.kind].summary)
+    cfg.set("sample_packing", False, WIRING, f"{s.kind} trains on whole prompt/answer examples; packing does "
+                                             "not apply")
+    if s.kind == "kto":
+        cfg.set("remove_unused_columns", False, WIRING, "TRL's KTO trainer reads the label column itself")
+        if int(cfg.values.get("micro_batch_size") or 1) < 2:
+            cfg.set("micro_batch_size", 2, WIRING, "TRL's KTO estimates its KL term from the other examples of a "
+                                                   "batch: it refuses a batch of one per device")
+    if s.kind == "simpo" and cfg.values.get("warmup_ratio"):
+        # Axolotl 0.19 refuses warmup_ratio for SimPO; the same share of a run with a fixed length is exact,
+        # otherwise a short fixed warmup.
+        ratio, steps = float(cfg.values["warmup_ratio"]), cfg.values.get("max_steps")
+        warmup = math.ceil(ratio * int(steps)) if steps else 10
+        cfg.drop("warmup_ratio")
+        cfg.set("warmup_steps", warmup, WIRING,
+                f"Axolotl's SimPO trainer takes no warmup_ratio: {ratio:g} of max_steps {steps}" if steps else
+                f"Axolotl's SimPO trainer takes no warmup_ratio ({ratio:g}): a 10-step warmup instead")
 
 
 def _checkpointing(cfg: Layered, ctx: _Context, s: Stage) -> None:
@@ -564,6 +594,12 @@ def _wire_stage(ctx: _Context, s: Stage, cfg: Layered, up: ResolvedStage | None,
     rs.early_stopping_off = off
     if off and s.kind == "sft":
         rs.notes.append(f"early stopping off: {off}")
+    if s.kind in PREFERENCE_KINDS:
+        rs.notes.append(preference.METHODS[s.kind].summary)
+    if s.kind == "orpo" and up is not None:
+        ctx.notes.append(f"stage {s.name}: ORPO is SFT and preference tuning in one and can start from the base "
+                         f"model; here it continues from stage {up.name}'s model. `stages: [orpo]` with the "
+                         "preference file as the recipe's data trains the answers and the preference in one stage")
     return rs
 
 

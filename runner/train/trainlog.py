@@ -9,7 +9,22 @@ from pathlib import Path
 from runner import early_stopping as es
 from runner.layout import StageLayout
 
-DICT_RE = re.compile(r"\{'(?:loss|eval_loss|train_runtime|train_loss|epoch|rewards/)[^{}]*\}")
+DICT_RE = re.compile(r"\{'(?:loss|eval_loss|train_runtime|train_loss|epoch|rewards/|log_odds|nll_loss|kl)[^{}]*\}")
+
+
+# What TRL's preference trainers log per step (log key, summary name, what it says), as the manifest and the
+# report name them: DPO, SimPO (CPO) and ORPO log reward margins and accuracies, ORPO its log-odds ratio and the
+# NLL of the chosen answer, KTO its KL estimate and the rewards of desirable and undesirable examples.
+PREFERENCE_METRICS = (
+    ("rewards/margins", "reward_margin", "reward margin (chosen - rejected)"),
+    ("rewards/accuracies", "reward_accuracy", "reward accuracy (share of pairs with chosen > rejected)"),
+    ("rewards/chosen", "reward_chosen", "reward of the chosen / desirable answers"),
+    ("rewards/rejected", "reward_rejected", "reward of the rejected / undesirable answers"),
+    ("log_odds_ratio", "log_odds_ratio", "ORPO log-odds ratio term, log sigmoid(log odds chosen - rejected)"),
+    ("log_odds_chosen", "log_odds_chosen", "ORPO log odds of chosen over rejected"),
+    ("nll_loss", "nll_loss", "NLL of the chosen answer (ORPO's SFT term, CPO's behaviour cloning)"),
+    ("kl", "kl", "KTO's KL estimate between the trained and the reference model"),
+)
 
 
 def _num(v):
@@ -62,11 +77,9 @@ def history(stage_dir: Path) -> list[dict]:
 
 
 def summary(hist: list[dict]) -> dict:
-    """First/last/min train loss, eval losses, DPO reward accuracy and margins, steps."""
+    """First/last/min train loss, eval losses, the preference methods' metrics (first and last), steps."""
     losses = [h["loss"] for h in hist if isinstance(h.get("loss"), float)]
     evals = [h["eval_loss"] for h in hist if isinstance(h.get("eval_loss"), float)]
-    margins = [h["rewards/margins"] for h in hist if isinstance(h.get("rewards/margins"), float)]
-    acc = [h["rewards/accuracies"] for h in hist if isinstance(h.get("rewards/accuracies"), float)]
     out = {}
     if losses:
         out.update(train_loss_first=losses[0], train_loss_last=losses[-1], train_loss_min=min(losses),
@@ -77,10 +90,10 @@ def summary(hist: list[dict]) -> dict:
         out.update(eval_loss=[e if es.finite(e) else None for e in evals])
         if finite:
             out.update(eval_loss_best=min(finite))
-    if margins:
-        out.update(reward_margin_first=margins[0], reward_margin_last=margins[-1])
-    if acc:
-        out.update(reward_accuracy_last=acc[-1])
+    for key, name, _ in PREFERENCE_METRICS:
+        vals = [h[key] for h in hist if isinstance(h.get(key), float) and es.finite(h[key])]
+        if vals:
+            out.update({f"{name}_first": vals[0], f"{name}_last": vals[-1]})
     tok = [h for h in hist if isinstance(h.get("tokens/total"), (int, float)) and h.get("tokens/total")]
     if tok:
         # tokens/total counts every input id computed (padding included); trainable ones carry a label.

@@ -169,3 +169,34 @@ def test_the_rules_axolotl_key_is_refused_in_the_axolotl_block(project):
     err = _errors(project, GOOD + "axolotl: {tunebook_early_stopping: {patience: 1}}\n")
     assert "axolotl.tunebook_early_stopping: `tunebook_early_stopping` is set by tunebook itself" in str(err)
     assert "use `training.early_stopping`" in str(err)
+
+
+def test_two_preference_methods_with_different_row_shapes_cannot_share_the_recipe_data(project):
+    root = project({"t": """\
+base_model: org/model
+data: {train: data/prefs.jsonl, format: preference}
+stages: [orpo, kto]
+"""}, {"data/prefs.jsonl": '{"prompt": "Hi?", "chosen": "Hello.", "rejected": "What."}\n'})
+    with pytest.raises(RecipeErrors) as e:
+        load_recipe("t", root)
+    text = str(e.value)
+    assert "stages orpo (orpo) and kto (kto) both train on the recipe's data" in text
+    assert "recipes/t.yaml:3: stages[1]" in text and "- kto: {data: {train: <the same file>, format: preference}}" in text
+
+
+def test_dpo_and_simpo_read_the_same_rows_and_may_share_them(project):
+    root = project({"t": """\
+base_model: org/model
+data: {train: data/prefs.jsonl, format: preference}
+stages: [dpo, simpo]
+"""}, {"data/prefs.jsonl": '{"prompt": "Hi?", "chosen": "Hello.", "rejected": "What."}\n'})
+    assert [s.kind for s in load_recipe("t", root).stages] == ["dpo", "simpo"]
+
+
+def test_an_unknown_stage_lists_the_preference_methods(project):
+    root = project({"t": "base_model: org/model\ndata: {train: data/t.jsonl}\nstages: [sft, kpo]\n"},
+                   {"data/t.jsonl": '{"instruction": "a", "output": "b"}\n'})
+    with pytest.raises(RecipeErrors) as e:
+        load_recipe("t", root)
+    assert "unknown stage 'kpo'; did you mean 'kto'?" in str(e.value)
+    assert "sft, dpo, simpo, orpo, kto, merge, eval, mergekit" in str(e.value)

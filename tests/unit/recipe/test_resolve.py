@@ -265,7 +265,7 @@ def test_a_dpo_stage_gets_no_early_stopping(project):
                                                         "format: preference}, training: {epochs: 5}}\n"), CPU)
     sft, dpo = res.stages
     assert "tunebook_early_stopping" in sft.config and "tunebook_early_stopping" not in dpo.config
-    assert dpo.early_stopping_off.startswith("dpo stages") and not dpo.notes
+    assert dpo.early_stopping_off.startswith("dpo stages") and not any("early stopping" in n for n in dpo.notes)
 
 
 def test_resolve_shows_the_rule_with_its_source_and_why_it_is_off(tmp_path, tiny_base):
@@ -339,3 +339,68 @@ def test_a_variant_on_a_full_fine_tune_is_a_note_and_sets_nothing(project):
     res, sft = _sft(project, training=", method: full, lora: {variant: dora}", rest="stages: [sft]\n")
     assert "peft_use_dora" not in sft.config and sft.config.get("adapter") is None
     assert "stage sft: training.lora.variant has no effect on a full fine-tune (method: full)" in res.notes
+
+
+METHODS = BASE.format(preset="lora-a100") + """\
+stages:
+  - sft
+  - orpo: {data: {train: data/prefs.jsonl, format: preference}}
+  - kto: {data: {train: data/prefs.jsonl, format: preference}, training: {micro_batch_size: 1}}
+  - simpo: {data: {train: data/prefs.jsonl, format: preference}, training: {max_steps: 40}}
+"""
+
+
+def test_preference_methods_resolve_to_their_trainers_and_pass_axolotl_validation(project):
+    res = _res(project, METHODS, A100)
+    sft, orpo, kto, simpo = res.stages
+    assert [s.config["rl"] for s in (orpo, kto, simpo)] == ["orpo", "kto", "simpo"]
+    # Each chains from the previous stage's merged model and reads its own prepared file, in its own shape.
+    assert kto.config["base_model"] == str(orpo.run_dir / "merged")
+    assert orpo.config["datasets"][0]["type"] == "chat_template.argilla"
+    assert kto.config["datasets"][0]["type"]["field_label"] == "label"
+    assert simpo.config["datasets"][0]["type"] == "chat_template.default"
+    # What each trainer requires, with the reason shown by resolve.
+    assert kto.config["remove_unused_columns"] is False
+    assert kto.config["micro_batch_size"] == 2 and "KL term" in kto.sources["micro_batch_size"][1]
+    assert "warmup_ratio" not in simpo.config and simpo.config["warmup_steps"] == 2  # ceil(0.05 x 40)
+    # SimPO's own defaults (recipes/presets/defaults.yaml, methods:), from tunebook, with why.
+    assert (simpo.config["rl_beta"], simpo.config["simpo_gamma"], simpo.config["cpo_alpha"]) == (2.0, 1.0, 0.0)
+    assert simpo.sources["simpo_gamma"][0] == "tunebook default" and "gamma/beta" in simpo.sources["simpo_gamma"][1]
+    assert orpo.config["rl_beta"] == 0.1 and "simpo_gamma" not in orpo.config and "cpo_alpha" not in kto.config
+    assert "rl_beta" not in sft.config
+    # Refining stages get the small steps; resolve explains each method.
+    assert orpo.config["learning_rate"] == 5.0e-5 and orpo.config["num_epochs"] == 1
+    assert any(n.startswith("KTO: unpaired examples") for n in kto.notes)
+    assert any("ORPO is SFT and preference tuning in one" in n and "continues from stage sft" in n
+               for n in res.notes)
+    for s in (orpo, kto, simpo):
+        assert check_config(s.config) == [], s.name
+
+
+def test_a_stage_setting_overrides_the_method_default(project):
+    text = BASE.format(preset="lora-a100") + """\
+stages:
+  - sft
+  - simpo: {data: {train: data/prefs.jsonl, format: preference}, training: {beta: 2.5, gamma: 0.5}}
+"""
+    simpo = _res(project, text, A100).stages[1]
+    assert (simpo.config["rl_beta"], simpo.config["simpo_gamma"]) == (2.5, 0.5)
+    assert simpo.sources["simpo_gamma"][0] == "stage simpo"
+
+
+def test_orpo_as_the_first_stage_learns_the_answers_with_sft_defaults(project):
+    text = """\
+base_model: org/model
+preset: lora-a100
+data: {train: data/prefs.jsonl, format: preference}
+stages: [orpo, merge]
+"""
+    res = _res(project, text, A100)
+    orpo, merge = res.stages
+    assert orpo.config["base_model"] == "org/model" and orpo.config["rl"] == "orpo"
+    assert orpo.config["datasets"][0]["path"].endswith("runs/t/data/main/train.jsonl")
+    # Not the 1 epoch at 5e-5 of a stage that refines another: the training defaults of a first stage.
+    assert orpo.config["num_epochs"] != 1 and orpo.config["learning_rate"] != 5.0e-5
+    assert not any("ORPO is SFT" in n for n in res.notes)
+    assert merge.config["lora_model_dir"] == str(orpo.output_dir)
+    assert check_config(orpo.config) == []
