@@ -2,7 +2,8 @@
 
 - alpaca: `{"instruction", "input"?, "output"}`: one question, one answer;
 - chat: `{"messages": [{"role", "content"}, ...]}`: a conversation;
-- preference: `{"prompt", "chosen", "rejected", "system"?}`: a pair for DPO/ORPO/KTO.
+- preference: `{"prompt" | "messages", "chosen", "rejected", "system"?}`: a pair for DPO/SimPO/ORPO/KTO, after one
+  question or a multi-turn conversation ending with the user's turn.
 
 Everything that knows which keys a format has lives here: the recipe checks (`runner.recipe.load`), the
 derived defaults (`runner.recipe.derive`), the data checks (`runner.data.check`) and the prepared files
@@ -290,13 +291,39 @@ def content_problems(row: dict, fmt: str, min_output_chars: int = 1) -> list[tup
             n = len(text.strip())
             out.append(("too_short", fld, f"{n} character{'s' if n != 1 else ''}, fewer than "
                                           f"min_output_chars ({min_output_chars})"))
-    if fmt == "preference" and " ".join(row["chosen"].split()) == " ".join(row["rejected"].split()):
-        out.append(("same_answer", "rejected", "chosen and rejected are the same text: nothing to prefer"))
+    if fmt == "preference":
+        out += _preference_prompt_problems(row)
+        if " ".join(row["chosen"].split()) == " ".join(row["rejected"].split()):
+            out.append(("same_answer", "rejected", "chosen and rejected are the same text: nothing to prefer"))
     if isinstance(row.get("key_fact"), str):
         why = key_fact_problem(row["key_fact"])
         if why:
             out.append(("bad_key_fact", "key_fact", why))
     return out
+
+
+def _preference_prompt_problems(row: dict) -> list[tuple[str, str | None, str]]:
+    """What the answers of a (schema-valid) preference row follow: exactly one of `prompt` and `messages`, and
+    messages in the shape every preference trainer reads (ORPO's pairs user and assistant turns)."""
+    if "prompt" not in row and "messages" not in row:
+        return [("missing_field", "prompt", "missing field 'prompt' (or `messages`: the conversation before the "
+                                            "answers, ending with the user's turn)")]
+    if "prompt" in row and "messages" in row:
+        return [("invalid", "messages", "both prompt and messages: give the question as prompt, or the whole "
+                                        "conversation before the answers as messages")]
+    if "messages" not in row:
+        return []
+    roles = [m["role"] for m in row["messages"]]
+    if roles[0] == "system":
+        if row.get("system"):
+            return [("invalid", "system", "a system field and a system message: keep one")]
+        roles = roles[1:]
+    if not roles or roles != ["user" if i % 2 == 0 else "assistant" for i in range(len(roles))] \
+            or roles[-1] != "user":
+        return [("invalid", "messages", f"roles {', '.join(roles) or '(none)'}: after an optional system message "
+                                        "the turns must go user, assistant, user, ... and end with the user's "
+                                        "(the answers are chosen and rejected)")]
+    return []
 
 
 def key_fact_problem(pattern: str) -> str | None:
@@ -348,7 +375,8 @@ def turns(row: dict, fmt: str) -> list[tuple[str, str]]:
         return [("user", _alpaca_user(row)), ("assistant", row["output"])]
     if fmt == "chat":
         return [(m["role"], m["content"]) for m in row["messages"] if m["role"] != "system"]
-    return [("user", row["prompt"]), ("chosen", row["chosen"]), ("rejected", row["rejected"])]
+    return [(m["role"], m["content"]) for m in prompt_turns(row, None) if m["role"] != "system"] + [
+        ("chosen", row["chosen"]), ("rejected", row["rejected"])]
 
 
 def answers(row: dict, fmt: str) -> list[tuple[str, str]]:
@@ -381,14 +409,21 @@ def to_messages(row: dict, fmt: str, system_prompt: str | None) -> dict:
     return out
 
 
-def to_preference(row: dict, system_prompt: str | None) -> dict:
-    """A preference row as Axolotl's chat_template.default DPO strategy reads it: prompt turns + chosen/rejected."""
-    msgs = []
+def prompt_turns(row: dict, system_prompt: str | None) -> list[dict]:
+    """The turns a preference row's answers follow: its system prompt (the row's, else the recipe's) and its
+    `prompt` as the user's turn, or its `messages`, a conversation ending with the user's turn."""
+    turns = [{"role": m["role"], "content": m["content"]} for m in row["messages"]] if "messages" in row else [
+        {"role": "user", "content": row["prompt"]}]
     system = row.get("system") or system_prompt
-    if system:
-        msgs.append({"role": "system", "content": system})
-    msgs.append({"role": "user", "content": row["prompt"]})
-    return {"messages": msgs, "chosen": row["chosen"], "rejected": row["rejected"]}
+    if system and turns[0]["role"] != "system":
+        turns.insert(0, {"role": "system", "content": system})
+    return turns
+
+
+def to_preference(row: dict, system_prompt: str | None) -> dict:
+    """A preference row as Axolotl's chat_template.default DPO strategy reads it: prompt turns + chosen/rejected
+    (the common shape that runner.preference writes each method's rows from)."""
+    return {"messages": prompt_turns(row, system_prompt), "chosen": row["chosen"], "rejected": row["rejected"]}
 
 
 def convert(row: dict, fmt: str, split: str, system_prompt: str | None) -> dict:

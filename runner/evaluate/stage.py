@@ -27,6 +27,7 @@ from runner.evaluate import forgetting as fz
 from runner.evaluate import metrics as mx
 from runner.evaluate.gates import GateFailed, check_gates, describe_gate, failed_gates
 from runner.evaluate.generate import ModelSpec, backend_name, generate, model_fingerprint
+from runner.formats import prompt_turns
 from runner.fsutil import atomic_write_json, atomic_write_text, sha256_file, sha256_json, sha256_tree
 from runner.layout import StageLayout
 from runner.recipe.load import looks_like_path
@@ -99,16 +100,14 @@ def held_out_rows(res, stage, settings) -> tuple[Path, list[dict]]:
         if not line.strip():
             continue
         r = json.loads(line)
-        if "messages" in r:
+        if "chosen" in r and ("prompt" in r or "messages" in r):  # preference rows: chosen is the reference
+            conv, ref = prompt_turns(r, system), r["chosen"]
+        elif "messages" in r:
             msgs = r["messages"]
             if not msgs or msgs[-1].get("role") != "assistant":
                 raise TunebookError("a held-out row must end with the assistant's reference answer",
                                     where=f"{path}:{n}")
             conv, ref = msgs[:-1], msgs[-1]["content"]
-        elif "prompt" in r and "chosen" in r:  # preference rows: the chosen answer is the reference
-            conv = ([{"role": "system", "content": r.get("system") or system}] if (r.get("system") or system)
-                    else []) + [{"role": "user", "content": r["prompt"]}]
-            ref = r["chosen"]
         else:
             raise TunebookError("held-out row has neither messages nor prompt/chosen", where=f"{path}:{n}")
         rows.append({"id": str(r.get("id", f"row-{len(rows) + 1}")), "conversation": conv, "reference": ref,

@@ -17,6 +17,21 @@ from tests.conftest import REPO, make_project, run_cli
 pytestmark = pytest.mark.e2e
 
 PREFS = REPO / "recipes" / "data" / "ci-mini" / "preference.jsonl"
+# Two multi-turn pairs beside the 16 single-turn ones: the conversation before the answers as `messages`.
+MULTI_TURN = [
+    {"messages": [{"role": "user", "content": "How many vacation days do I get?"},
+                  {"role": "assistant", "content": "Full-time employees get 27 days of paid annual leave per year."},
+                  {"role": "user", "content": "And how many sick days?"}],
+     "chosen": "Employees at Brightwave Logistics get 12 paid sick days per year.",
+     "rejected": "You get 30 sick days, but nobody checks."},
+    {"messages": [{"role": "system", "content": "You answer Brightwave Logistics HR questions."},
+                  {"role": "user", "content": "Is there a home office stipend?"},
+                  {"role": "assistant", "content": "Yes, a one-time stipend for equipment."},
+                  {"role": "user", "content": "How much is it?"}],
+     "chosen": "The one-time home office stipend is $650, for equipment like a desk, chair or monitor.",
+     "rejected": "It is $250, and only for chairs."},
+]
+PAIRS = [json.loads(line) for line in PREFS.read_text().splitlines() if line.strip()] + MULTI_TURN
 STAGE = "      data: {{train: data/prefs.jsonl, format: preference}}\n" \
         "      training: {{max_steps: 8, learning_rate: 5.0e-4, micro_batch_size: 2}}\n"
 CHAIN = """\
@@ -42,7 +57,7 @@ def proj(tmp_path_factory, smollm2):
     make_project(root, {"chain": CHAIN.format(model=smollm2), "orpo-alone": ORPO_ALONE.format(model=smollm2)},
                  {"data/train.jsonl": (data / "train.jsonl").read_text(),
                   "data/held_out.jsonl": (data / "held_out.jsonl").read_text(),
-                  "data/prefs.jsonl": PREFS.read_text()})
+                  "data/prefs.jsonl": "".join(json.dumps(p) + "\n" for p in PAIRS)})
     return root
 
 
@@ -53,7 +68,7 @@ def preference_gap(model, tok, template: str | None, pairs: list[dict]) -> float
 
     total = 0.0
     for p in pairs:
-        user = [{"role": "user", "content": p["prompt"]}]
+        user = p.get("messages") or [{"role": "user", "content": p["prompt"]}]
         prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True, chat_template=template)
         n = len(tok(prompt, add_special_tokens=False)["input_ids"])
         scores = []
@@ -79,7 +94,7 @@ def gap_before_after(run: Path, stage: str) -> tuple[float, float]:
     cfg = yaml.safe_load((run / stage / "axolotl.yaml").read_text())
     tok = AutoTokenizer.from_pretrained(cfg["base_model"])
     template = cfg.get("chat_template_jinja")
-    pairs = [json.loads(line) for line in PREFS.read_text().splitlines() if line.strip()]
+    pairs = PAIRS
     model = AutoModelForCausalLM.from_pretrained(cfg["base_model"], dtype=torch.float32)
     before = preference_gap(model, tok, template, pairs)
     model = PeftModel.from_pretrained(model, str(run / stage / "output"))
@@ -111,19 +126,24 @@ def test_sft_orpo_kto_simpo_from_one_preference_file(proj):
     for stage, up in (("orpo", "sft"), ("kto", "orpo"), ("simpo", "kto")):
         cfg = (run / stage / "axolotl.yaml").read_text()
         assert f"base_model: {run / up / 'merged'}" in cfg and f"rl: {stage}" in cfg
-    # The same 16 pairs in each trainer's shape: ORPO whole conversations, KTO 32 unpaired rendered examples.
+    # The same 18 pairs in each trainer's shape: ORPO whole conversations, KTO 36 unpaired rendered examples.
     orpo_rows = [json.loads(x) for x in (run / "data" / "orpo" / "train.jsonl").read_text().splitlines()]
-    assert len(orpo_rows) == 16 and [m["role"] for m in orpo_rows[0]["chosen"]] == ["user", "assistant"]
+    assert len(orpo_rows) == 18 and [m["role"] for m in orpo_rows[0]["chosen"]] == ["user", "assistant"]
+    multi = next(r for r in orpo_rows if r.get("system"))
+    assert [m["role"] for m in multi["rejected"]] == ["user", "assistant", "user", "assistant"]
+    assert multi["rejected"][-1]["content"] == "It is $250, and only for chairs."
     kto_rows = [json.loads(x) for x in (run / "data" / "kto" / "train.jsonl").read_text().splitlines()]
-    assert len(kto_rows) == 32 and sum(r["label"] for r in kto_rows) == 16
+    assert len(kto_rows) == 36 and sum(r["label"] for r in kto_rows) == 18
+    assert any("Full-time employees get 27 days" in r["prompt"] and r["prompt"].count("<|im_start|>user") == 2
+               for r in kto_rows)
     assert all(r["prompt"].endswith("<|im_start|>assistant\n") and r["completion"].endswith("<|im_end|>\n")
                for r in kto_rows)
     assert [kto_rows[0]["label"], kto_rows[1]["label"]] == [True, False]  # a batch of 2 holds both labels
     report = json.loads((run / "data" / "report.json").read_text())
-    assert report["blocks"]["kto"]["trainer_rows"] == {"method": "kto", "desirable": 16, "undesirable": 16,
+    assert report["blocks"]["kto"]["trainer_rows"] == {"method": "kto", "desirable": 18, "undesirable": 18,
                                                        "ratio": 1.0}
     origins = json.loads((run / "data" / "kto" / "origins.json").read_text())["train"]
-    assert origins[0] == origins[16] == "data/prefs.jsonl:1"
+    assert len(origins) == 36 and origins[0] == origins[18] and origins.count(origins[0]) == 2
     # Each method's own metrics reach the manifest.
     metrics = {s: v.get("metrics", {}) for s, v in json.loads((run / "manifest.json").read_text())["stages"].items()}
     assert {"log_odds_ratio_first", "log_odds_ratio_last", "nll_loss_last", "reward_accuracy_last"} <= set(metrics["orpo"])

@@ -83,3 +83,39 @@ def test_convert_by_split():
                      "chosen": "Yes, 21 °C.", "rejected": "No idea."}
     assert formats.convert(PREF, "preference", "held_out", "Be kind.") is PREF
     assert formats.convert(ALPACA, "alpaca", "held_out", None)["messages"][-1]["content"] == "25 days."
+
+
+MULTI = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Leave days?"},
+                      {"role": "assistant", "content": "27 days."}, {"role": "user", "content": "And sick days?"}],
+         "chosen": "12 days a year.", "rejected": "Ask HR."}
+
+
+def test_a_multi_turn_preference_row_keeps_its_conversation():
+    assert formats.row_format(MULTI) == "preference"
+    out = formats.to_preference(MULTI, "Recipe prompt.")
+    assert out["messages"] == MULTI["messages"] and out["chosen"] == "12 days a year."  # its own system wins
+    no_system = {**MULTI, "messages": MULTI["messages"][1:]}
+    assert formats.to_preference(no_system, "Recipe prompt.")["messages"][0] == {"role": "system",
+                                                                                  "content": "Recipe prompt."}
+    assert formats.turns(MULTI, "preference") == [("user", "Leave days?"), ("assistant", "27 days."),
+                                                  ("user", "And sick days?"), ("chosen", "12 days a year."),
+                                                  ("rejected", "Ask HR.")]
+    assert formats.content_problems(MULTI, "preference") == []
+
+
+@pytest.mark.parametrize("row,field,message", [
+    ({"chosen": "a b", "rejected": "c d"}, "prompt", "missing field 'prompt' (or `messages`"),
+    ({"prompt": "q", "messages": [{"role": "user", "content": "q"}], "chosen": "a", "rejected": "b"}, "messages",
+     "both prompt and messages"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], "chosen": "a",
+      "rejected": "b"}, "messages", "roles user, assistant: after an optional system message"),
+    ({"messages": [{"role": "user", "content": "q"}, {"role": "user", "content": "q2"}], "chosen": "a",
+      "rejected": "b"}, "messages", "must go user, assistant, user"),
+    ({"messages": [{"role": "system", "content": "s"}], "chosen": "a", "rejected": "b"}, "messages",
+     "roles (none)"),
+    ({"system": "s", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
+      "chosen": "a", "rejected": "b"}, "system", "a system field and a system message"),
+])
+def test_preference_prompt_problems(row, field, message):
+    problems = formats.content_problems(row, "preference")
+    assert [(p[1], message in p[2]) for p in problems] == [(field, True)], problems

@@ -294,3 +294,18 @@ def test_an_output_schema_that_is_missing_or_no_schema_is_a_recipe_error(project
     with pytest.raises(RecipeErrors) as exc:
         load_recipe("d", root)
     assert "'schemas/x.json' is not a valid JSON Schema" in str(exc.value)
+
+
+def test_a_bad_multi_turn_preference_row_is_reported_with_its_line(tmp_path, tiny_base):
+    from tests.conftest import make_project, tunebook
+
+    good = {"messages": [{"role": "user", "content": "Leave days?"}, {"role": "assistant", "content": "27."},
+                         {"role": "user", "content": "And sick days?"}], "chosen": "12 days.", "rejected": "No idea."}
+    bad = {**good, "messages": good["messages"][:2]}
+    root = make_project(tmp_path / "p", {"h": f"base_model: {tiny_base}\ndata: {{train: data/p.jsonl, format: "
+                                              "preference}\nstages: [dpo]\n"},
+                        {"data/p.jsonl": "".join(json.dumps(r) + "\n" for r in [good, bad, good])})
+    r = tunebook("--root", str(root), "data", "check", "h", "--no-tokens")
+    assert r.returncode == 2 and "Traceback" not in r.stdout + r.stderr
+    out = " ".join(r.stdout.split())
+    assert "data/p.jsonl:2" in out and "must go user, assistant, user" in out, out[-2000:]
