@@ -154,3 +154,25 @@ def test_a_multi_turn_held_out_row_is_asked_with_its_earlier_turns_and_scored_on
     res = SimpleNamespace(layout=layout, data={})
     _, rows = held_out_rows(res, SimpleNamespace(data_block="main"), {})
     assert rows == [{"id": "moto", "conversation": turns[:3], "reference": turns[3]["content"], "key_fact": r"\b6\b"}]
+
+
+def test_a_multi_turn_preference_held_out_row_is_asked_with_its_turns_and_scored_on_the_chosen_answer(tmp_path):
+    from types import SimpleNamespace
+
+    from runner.evaluate.stage import held_out_rows
+    from runner.layout import RunLayout
+
+    layout = RunLayout(tmp_path / "runs" / "r")
+    path = layout.data_file("main", "held_out")
+    path.parent.mkdir(parents=True)
+    turns = [{"role": "user", "content": "What is the parking fee?"},
+             {"role": "assistant", "content": "17 euros per month."},
+             {"role": "user", "content": "And for motorbikes?"}]
+    single = {"prompt": "Parking fee?", "chosen": "17 euros.", "rejected": "Free."}
+    path.write_text(json.dumps({"messages": turns, "chosen": "6 euros per month.", "rejected": "Free."}) + "\n"
+                    + json.dumps(single) + "\n")
+    res = SimpleNamespace(layout=layout, data={"system_prompt": "Be brief."})
+    _, rows = held_out_rows(res, SimpleNamespace(data_block="main"), {})
+    system = {"role": "system", "content": "Be brief."}
+    assert rows[0]["conversation"] == [system, *turns] and rows[0]["reference"] == "6 euros per month."
+    assert rows[1]["conversation"] == [system, {"role": "user", "content": "Parking fee?"}]
