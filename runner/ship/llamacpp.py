@@ -57,7 +57,27 @@ def _llama_cpp():
         import llama_cpp
     except (OSError, RuntimeError, FileNotFoundError) as exc:
         raise TunebookError(f"llama-cpp-python cannot load libllama: {exc}", fix=FIX) from None
+    _no_extra_buffer_types(llama_cpp.llama_cpp)
     return llama_cpp
+
+
+def _no_extra_buffer_types(low) -> None:
+    """Load models without llama.cpp's extra CPU buffer types (AMX tiles and weight repacking). On a CPU with AMX
+    (Intel Sapphire Rapids and later) llama.cpp 0.3.36 places weights in its AMX buffer and segfaults in the first
+    llama_decode (gdb: ggml_backend_amx_mul_mat), killing the process with no message; the plain CPU kernels run
+    everywhere and give every machine the same answers. llama-cpp-python's Llama() exposes no switch for it, so
+    the default model parameters it starts from are wrapped (once per process)."""
+    default = low.llama_model_default_params
+    if getattr(default, "tunebook_plain_buffers", False):
+        return
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    params.tunebook_plain_buffers = True
+    low.llama_model_default_params = params
 
 
 def runtime_version() -> str:
