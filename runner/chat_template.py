@@ -232,15 +232,16 @@ def _eos_ids(tok, model_dir: Path | None) -> list[int]:
     return sorted(set(ids))
 
 
-def inspect_tokenizer(tok, model_dir: Path | None = None) -> TemplateReport:
-    """Run every check on a loaded tokenizer (and the model folder's generation_config, when given)."""
-    if not tok.chat_template:
+def inspect_tokenizer(tok, model_dir: Path | None = None, template: str | None = None) -> TemplateReport:
+    """Run every check on a loaded tokenizer (and the model folder's generation_config, when given), with the
+    chat template training will use: `template` (a recipe's choice), else the tokenizer's own."""
+    if not template and not tok.chat_template:
         return TemplateReport(None, tok.eos_token, _eos_ids(tok, model_dir), None, tok.pad_token, None,
                               ["the tokenizer has no chat template; set one with axolotl: {chat_template: chatml}"])
-    eot = end_of_turn_token(tok)
+    eot = end_of_turn_token(tok, template)
     eot_id = tok.convert_tokens_to_ids(eot) if eot else None
     rep = TemplateReport(eot, tok.eos_token, _eos_ids(tok, model_dir), eot_id, tok.pad_token,
-                         default_system_prompt(tok))
+                         default_system_prompt(tok, template))
     if rep.eos_mismatch:
         rep.problems.append(
             f"the chat template ends assistant turns with {eot} (id {eot_id}) but the tokenizer's EOS is "

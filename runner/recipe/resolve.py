@@ -279,12 +279,13 @@ class _Context:
     notes: list[str] = field(default_factory=list)  # recipe-level notes the stages add (resolve() reports them)
 
 
-def _template_check(rec: Recipe, template_check: bool) -> tuple[dict, dict, list[str], Path | None]:
-    """(Axolotl keys, their reasons, notes) of the chat-template check, and the local model folder."""
+def _template_check(rec: Recipe, template_check: bool) -> tuple[dict, dict, list[str], Path | None, str | None]:
+    """(Axolotl keys, their reasons, notes) of the chat-template check, the local model folder, and the template
+    the training rows are rendered with (None: the tokenizer's own)."""
     if not template_check:
-        return {}, {}, [], None
-    keys, why, notes = template_settings(rec)
-    return keys, why, notes, recipe_model_dir(rec)
+        return {}, {}, [], None, None
+    keys, why, notes, template = template_settings(rec)
+    return keys, why, notes, recipe_model_dir(rec), template
 
 
 def _derive(res: ResolvedRecipe, rec: Recipe, preset: dict | None, h: hw.Hardware, model_dir: Path | None,
@@ -617,9 +618,9 @@ def resolve(rec: Recipe, h: hw.Hardware | None = None, runs_dir: str | Path | No
     layout = RunLayout.for_recipe(root, rec.name, runs_dir)
     res = ResolvedRecipe(recipe=rec, preset=preset, hardware=h, stages=[], run_root=layout.root)
     res.data_blocks["main"] = rec.data["data"]
-    tmpl_keys, tmpl_why, tmpl_notes, model_dir = _template_check(rec, template_check)
+    tmpl_keys, tmpl_why, tmpl_notes, model_dir, template = _template_check(rec, template_check)
     res.notes += tmpl_notes
-    derived, derived_why = _derive(res, rec, preset, h, model_dir, tmpl_keys.get("chat_template_jinja"))
+    derived, derived_why = _derive(res, rec, preset, h, model_dir, template)
     ctx = _Context(rec, h, layout, defaults, preset, derived, derived_why, tmpl_keys, tmpl_why,
                    res.data_blocks["main"])
 
