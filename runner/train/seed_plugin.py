@@ -20,9 +20,22 @@ from transformers import set_seed
 
 
 class SeedPlugin(BasePlugin):
-    """Seeds Python, NumPy and torch (every device) with the config's `seed` before the model is loaded."""
+    """Seeds Python, NumPy and torch (every device) with the config's `seed` before the datasets are loaded and
+    again before the model is loaded."""
+
+    def load_datasets(self, cfg, preprocess: bool = False):
+        # Before Axolotl loads the data and estimates a packed run's length: its multipack sampler estimates the
+        # steps of an epoch from batches it packs in a RandomSampler's order, and that sampler draws its seed
+        # from torch's global generator, unseeded at that point. Measured on the facts-a fixture, two runs started
+        # at once estimated 0.894 and 0.745 packing efficiency, so they planned different steps and schedules and
+        # trained different models (held-out 5 of 5 against 4 of 5). Returning None leaves the loading to Axolotl.
+        self._seed(cfg)
+        return None
 
     def pre_model_load(self, cfg):
+        self._seed(cfg)
+
+    def _seed(self, cfg) -> None:
         # Axolotl's PluginManager is a singleton that asks every plugin it ever registered: act only on a config
         # that names this plugin and carries a seed.
         seed = cfg.get("seed") if hasattr(cfg, "get") else None

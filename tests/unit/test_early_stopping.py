@@ -31,7 +31,7 @@ COMPANY_FACTS = [0.5704, 0.252, 0.1477, 0.113, 0.0272, 0.0241, 0.0230, 0.0224, 0
 def test_the_facts_set_stops_after_epoch_3_because_it_has_learned_the_set():
     v = first_stop(FACTS)
     assert (v.stop, v.epoch, v.condition) == (True, 3, es.LEARNED)
-    assert v.reason == "validation loss 0.0006 is under 0.01 per trained token (the model has learned the set)"
+    assert v.reason == "validation loss 0.0006 is under 0.005 per trained token (the model has learned the set)"
     assert not judge(FACTS[:2]).stop  # epoch 2 (0.024, held-out 84%) is not "learned"
 
 
@@ -107,11 +107,11 @@ def test_a_nan_loss_is_never_learned_and_never_an_improvement():
 def test_the_record_is_json_without_nan_and_says_why():
     rec = record(FACTS[:3], DEFAULT, 10, stopped=True, step=21, finished=True)
     assert rec == {"stopped_early": True, "epochs_run": 3, "epochs_planned": 10, "condition": "memorised",
-                   "reason": "validation loss 0.0006 is under 0.01 per trained token (the model has learned the set)",
+                   "reason": "validation loss 0.0006 is under 0.005 per trained token (the model has learned the set)",
                    "eval_loss_per_epoch": [0.112, 0.024, 0.0006], "step": 21, "finished": True,
-                   "rule": {"patience": 2, "min_delta": 0.01, "min_gain": 0.005, "memorised": 0.01,
+                   "rule": {"patience": 2, "min_delta": 0.01, "min_gain": 0.005, "memorised": 0.005,
                             "min_epochs": 2}}
-    assert stop_message("sft", rec) == ("sft: stopped after epoch 3 of 10: validation loss 0.0006 is under 0.01 "
+    assert stop_message("sft", rec) == ("sft: stopped after epoch 3 of 10: validation loss 0.0006 is under 0.005 "
                                         "per trained token (the model has learned the set)")
     ran = record(HR_BOT, DEFAULT, 4, stopped=False, step=400, finished=True)
     assert ran["stopped_early"] is False and ran["condition"] is None
@@ -135,10 +135,10 @@ def test_write_and_read_the_record(tmp_path):
 
 def test_rule_from_a_partial_mapping_and_its_description():
     r = Rule.from_dict({"patience": 3})
-    assert r == Rule(patience=3, min_delta=0.01, memorised=0.01, min_epochs=2) and Rule.from_dict(None) == DEFAULT
+    assert r == Rule(patience=3, min_delta=0.01, memorised=0.005, min_epochs=2) and Rule.from_dict(None) == DEFAULT
     assert Rule.from_dict(r.to_dict()) == r
     text = Rule(patience=3, min_delta=0.005).describe()
-    assert "last 3" in text and "by 0.5%" in text and "under 0.01" in text and "before epoch 2" in text
+    assert "last 3" in text and "by 0.5%" in text and "under 0.005" in text and "before epoch 2" in text
 
 
 def test_the_recipe_schema_has_the_rules_bounds():

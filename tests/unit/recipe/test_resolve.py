@@ -193,11 +193,11 @@ def test_early_stopping_is_derived_for_an_sft_stage_with_a_validation_split(proj
 
     res, sft = _sft(project)
     rule = sft.config["tunebook_early_stopping"]
-    assert rule == {"patience": 2, "min_delta": 0.01, "min_gain": 0.005, "memorised": 0.01, "min_epochs": 2,
+    assert rule == {"patience": 2, "min_delta": 0.01, "min_gain": 0.005, "memorised": 0.005, "min_epochs": 2,
                     "record": str(sft.paths.early_stop)}
     assert sft.paths.early_stop == sft.run_dir / "early_stop.json"
     src, why = sft.sources["tunebook_early_stopping"]
-    assert src == "derived" and "under 0.01 per trained token" in why and "docs/quality.md" in why
+    assert src == "derived" and "under 0.005 per trained token" in why and "docs/quality.md" in why
     assert sft.config["plugins"] == [SEED_PLUGIN, es.AXOLOTL_PLUGIN] and sft.sources["plugins"][0] == WIRING
     assert "plus tunebook's early stopping" in sft.sources["plugins"][1]
     # Every epoch's checkpoint is still kept: the rule only ever makes fewer of them.
@@ -210,7 +210,7 @@ def test_early_stopping_is_derived_for_an_sft_stage_with_a_validation_split(proj
 def test_the_recipe_overrides_the_rule_key_by_key_and_a_stage_overrides_the_recipe(project):
     _, sft = _sft(project, training=", early_stopping: {patience: 3, min_delta: 0.005}")
     rule = sft.config["tunebook_early_stopping"]
-    assert (rule["patience"], rule["min_delta"], rule["memorised"], rule["min_epochs"]) == (3, 0.005, 0.01, 2)
+    assert (rule["patience"], rule["min_delta"], rule["memorised"], rule["min_epochs"]) == (3, 0.005, 0.005, 2)
     src, why = sft.sources["tunebook_early_stopping"]
     assert src == "recipe" and why.startswith("training.early_stopping (min_delta 0.005, patience 3; the rest derived)")
     _, staged = _sft(project, training=", early_stopping: false",
