@@ -36,3 +36,16 @@ def test_a_config_that_does_not_name_the_plugin_or_has_no_seed_is_left_alone():
     torch.manual_seed(12345)
     torch.rand(3)
     assert torch.equal(unseeded, torch.rand(4))
+
+
+def test_the_seed_is_also_applied_before_the_datasets_are_loaded_and_leaves_the_loading_to_axolotl():
+    # Axolotl packs the data (a RandomSampler seeded from torch's global generator) to estimate the steps of a
+    # packed run before it loads the model: the order must follow the seed there too.
+    torch.manual_seed(12345)
+    torch.rand(3)
+    assert SeedPlugin().load_datasets(DictDefault({"seed": 42, "plugins": [SEED_PLUGIN]}), preprocess=False) is None
+    first = torch.rand(4)
+    torch.manual_seed(42)
+    assert torch.equal(first, torch.rand(4))
+    # The PluginManager asks every plugin for datasets: one that loads none must return None.
+    assert SeedPlugin().load_datasets(DictDefault({"seed": 42}), preprocess=True) is None
