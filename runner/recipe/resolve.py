@@ -388,7 +388,8 @@ def _datasets(cfg: Layered, ctx: _Context, s: Stage, block: dict, block_name: st
     for key, kinds in METHOD_ONLY_KEYS.items():
         if s.kind not in kinds:
             cfg.drop(key)
-    how = f", written as {s.kind} examples" if s.kind in ("orpo", "kto") else ""
+    shape = preference.METHODS[s.kind].rows if s.kind in PREFERENCE_KINDS else None
+    how = f", written as {shape} {s.kind} examples" if shape and shape != "pairs" else ""
     cfg.set("datasets", [ds], WIRING, f"{fmt or 'detected'} data, normalised by tunebook{how}")
     if s.kind == "sft" and block.get("validation_fraction"):
         val = ctx.layout.data_file(block_name, "validation")
