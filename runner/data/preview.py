@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner import preference
 from runner.chat_template import (default_system_prompt, end_of_turn_token, stage_template,
                                   template_without_default_system)
 from runner.data.prepare import prepare
@@ -226,17 +227,19 @@ def build_preview(res, n: int = 5, stage_name: str | None = None, rows: list[dic
     with _quiet():
         if st.kind in PREFERENCE_KINDS:
             transform = _preference_transform(st, c)
-            if st.kind == "kto":
+            # KTO's prepared rows are unpaired examples (runner.preference), the others chosen/rejected pairs.
+            unpaired = preference.METHODS[st.kind].rows == "unpaired"
+            if unpaired:
                 notes.append("kto examples: the prompt is masked; a desirable example's completion is trained "
                              "towards, an undesirable one's away from (TRL's KTO loss)")
             else:
                 notes.append("preference pairs: the prompt is masked, the chosen answer is trained towards and the "
                              "rejected one away from (TRL computes the loss on both answers)")
             for i, row in enumerate(rows):
-                out = transform(row, tokenizer=tok) if st.kind != "kto" else transform(dict(row))
+                out = transform(dict(row)) if unpaired else transform(row, tokenizer=tok)
                 where = origins[i] if i < len(origins) else f"row {i + 1}"
                 p = tok(out["prompt"], add_special_tokens=False)["input_ids"]
-                if st.kind == "kto":
+                if unpaired:
                     done = tok(out["completion"], add_special_tokens=False)["input_ids"]
                     ex = _make_example(tok, f"{where} ({'desirable' if out['label'] else 'undesirable'})",
                                        p + done, [IGNORE] * len(p) + done, eot_id, specials)
